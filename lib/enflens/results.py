@@ -1,0 +1,43 @@
+"""Where notebooks put what they measured: ``results/<profile>/<notebook>.json`` and ``figures/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from enflens.io import atomic_path, write_json
+
+#: Repository root (``lib/enflens/results.py`` -> two levels up from ``lib``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(*parts: str) -> Path:
+    """Absolute path inside the repository (independent of the notebook's working directory)."""
+    return REPO_ROOT.joinpath(*parts)
+
+
+def save_results(notebook: str, profile: str, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics`` to ``results/<profile>/<notebook>.json`` (atomic) and return the path."""
+    if not notebook or not profile:
+        raise ValueError(f"save_results: notebook={notebook!r} and profile={profile!r} must be set")
+    return write_json(repo_path("results", profile, f"{notebook}.json"), metrics)
+
+
+def savefig(fig: Any, name: str, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png`` atomically and return the path.
+
+    ``name`` follows the convention ``<notebook>_<what>``, e.g. ``01_lensing_data_samples``.
+    """
+    out = repo_path("figures", f"{name}.png")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return out
+
+
+def figures_dir() -> Path:
+    return repo_path("figures")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
