@@ -1,4 +1,4 @@
-"""Where notebooks put what they measured: ``results/<profile>/<notebook>.json`` and ``figures/``."""
+"""Where notebooks put what they measured: results/<profile>/<notebook>.json and figures/."""
 
 from __future__ import annotations
 
