@@ -1,0 +1,42 @@
+"""Content-addressed cache for the study's expensive stages.
+
+Each stage (dataset, decoder checkpoint, latent store, classifier checkpoint) is stored at a path
+whose name carries a hash of the parameters that produce it, e.g. ``data/model_ii-3f2a9c1b.h5``.
+A rerun with the same parameters finds the file and skips the work; a change of any parameter
+(including an upstream stage's hash, which callers include in ``params``) gives a new path and
+recomputes. A sidecar ``<path>.params.json`` records the parameters for humans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from enflens.io import _to_jsonable, write_json
+from enflens.results import repo_path
+
+
+def param_hash(params: dict[str, Any], length: int = 10) -> str:
+    """Stable short hash of a JSON-serialisable parameter dict (key order does not matter)."""
+    blob = json.dumps(_to_jsonable(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def stage_path(folder: str, name: str, params: dict[str, Any], suffix: str = "") -> Path:
+    """Path ``<repo>/<folder>/<name>-<hash(params)><suffix>`` for a cached stage."""
+    return repo_path(folder, f"{name}-{param_hash(params)}{suffix}")
+
+
+def record_params(path: str | Path, params: dict[str, Any]) -> Path:
+    """Write the parameters that produced ``path`` to ``<path>.params.json``."""
+    path = Path(path)
+    return write_json(path.with_name(path.name + ".params.json"), params)
+
+
+def is_cached(path: str | Path) -> bool:
+    """True when the stage output exists and its parameter record was written after it."""
+    path = Path(path)
+    side = path.with_name(path.name + ".params.json")
+    return path.exists() and side.exists()
