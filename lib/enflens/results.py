@@ -41,3 +41,19 @@ def figures_dir() -> Path:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+#: Keys each notebook promises in ``results/<profile>/<notebook>.json`` (checked by the tests).
+PROMISED_KEYS: dict[str, tuple[str, ...]] = {
+    "01_lensing_data": ("recipe", "n_images", "sim_images_per_second", "sha256"),
+    "02_enf_theory": ("equivariance_error", "decode_pixels_per_second", "n_params"),
+    "03_meta_learning": (
+        "psnr_db",
+        "outer_steps_per_second",
+        "fit_images_per_second",
+        "train_seconds",
+    ),
+    "04_latent_visualization": ("pose_error",),
+    "05_classifiers": ("models",),
+    "06_results": ("profile", "package_versions", "jax_devices", "notebook_seconds"),
+}

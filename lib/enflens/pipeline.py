@@ -1,0 +1,224 @@
+"""Run the study's notebooks in order through papermill: ``python -m enflens.pipeline run``.
+
+Each notebook ``notebooks/NN_name.py`` (the jupytext percent source) is converted to a notebook,
+executed by papermill with the parameters of the chosen profile (``profiles/<profile>.yaml``:
+its ``common`` section plus the notebook's own section), and written executed to
+``runs/<profile>/NN_name.ipynb`` with a log ``runs/<profile>/NN_name.log``. The wall time of each
+notebook goes to ``runs/<profile>/timings.json``. On failure the notebook and cell are named and
+the process exits non-zero. With ``--publish`` the executed notebooks (outputs compacted) replace
+the committed ``notebooks/NN_name.ipynb`` twins, so a reader on a code host sees a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from enflens.io import atomic_path, write_json
+from enflens.results import repo_path
+
+KERNEL_NAME = "enflens"
+PROFILES = ("smoke", "cpu", "full")
+_NOTEBOOK_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
+
+
+class PipelineError(RuntimeError):
+    """A notebook of the pipeline failed; the message names the notebook and the cell."""
+
+
+def notebook_sources(folder: Path | None = None) -> list[Path]:
+    """The jupytext sources ``NN_name.py`` in ``notebooks/``, in order."""
+    folder = folder or repo_path("notebooks")
+    return sorted(p for p in folder.glob("*.py") if _NOTEBOOK_RE.match(p.name))
+
+
+def load_profile(profile: str, folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Read ``profiles/<profile>.yaml`` -> {section: {PARAM: value}} with a ``common`` section."""
+    path = (folder or repo_path("profiles")) / f"{profile}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise FileNotFoundError(f"profile {profile!r}: {path} does not exist (known: {known})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"profile file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("common"), dict):
+        raise ValueError(f"profile file {path} must be a mapping with a 'common:' section")
+    for key, section in data.items():
+        if not isinstance(section, dict):
+            raise ValueError(f"profile file {path}: section {key!r} must be a mapping")
+    if data["common"].get("PROFILE") != profile:
+        raise ValueError(f"profile file {path}: common.PROFILE must be {profile!r}")
+    return data
+
+
+def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:
+    """Parameters papermill injects into ``notebook`` (stem, e.g. ``03_meta_learning``)."""
+    data = load_profile(profile)
+    return {**data["common"], **data.get(notebook, {})}
+
+
+def to_notebook(source: Path):
+    """Read a jupytext ``.py`` source into an nbformat notebook with the enflens kernel."""
+    import jupytext
+
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "Python (enflens)",
+        "language": "python",
+    }
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise PipelineError(
+            f"{source}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+        )
+    return nb
+
+
+def compact_outputs(nb, max_chars: int = 4000):
+    """Shrink stream outputs for publication: keep the final state of ``\\r`` progress bars and
+    cut very long streams. Returns a modified copy."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") != "stream":
+                continue
+            lines = [ln.rsplit("\r", 1)[-1] for ln in out["text"].split("\n")]
+            text = "\n".join(ln for i, ln in enumerate(lines) if ln or i == len(lines) - 1)
+            if len(text) > max_chars:
+                text = (
+                    text[: max_chars // 2]
+                    + "\n[... output shortened ...]\n"
+                    + text[-max_chars // 2 :]
+                )
+            out["text"] = text
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+    return nb
+
+
+def _first_error(nb) -> tuple[int, str]:
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return i, f"{out.get('ename')}: {out.get('evalue')}"
+    return -1, "unknown error"
+
+
+def run_notebook(
+    source: Path, profile: str, out_dir: Path, kernel_name: str = KERNEL_NAME
+) -> float:
+    """Execute one notebook with the profile's parameters; return its wall time in seconds."""
+    import nbformat
+    import papermill as pm
+
+    name = source.stem
+    params = notebook_parameters(profile, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    in_path = out_dir / f".{name}.input.ipynb"
+    nbformat.write(to_notebook(source), in_path)
+    out_path, log_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.log"
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        try:
+            pm.execute_notebook(
+                str(in_path),
+                str(out_path),
+                parameters=params,
+                kernel_name=kernel_name,
+                cwd=str(source.parent),
+                progress_bar=False,
+                log_output=True,
+                stdout_file=log,
+                stderr_file=log,
+            )
+        except pm.PapermillExecutionError as err:
+            raise PipelineError(
+                f"notebook {source.name} failed in cell {err.cell_index} "
+                f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
+                f"  executed copy: {out_path}\n  log: {log_path}"
+            ) from None
+        except Exception as err:  # kernel died, timeout, ...
+            cell = "?"
+            if out_path.exists():
+                cell = str(_first_error(nbformat.read(out_path, as_version=4))[0])
+            raise PipelineError(
+                f"notebook {source.name} failed (cell {cell}): {type(err).__name__}: {err}\n"
+                f"  log: {log_path}"
+            ) from None
+        finally:
+            in_path.unlink(missing_ok=True)
+    return time.perf_counter() - start
+
+
+def publish(executed: Path, twin: Path) -> None:
+    """Replace the committed ``.ipynb`` twin by the executed notebook (outputs compacted)."""
+    import nbformat
+
+    nb = compact_outputs(nbformat.read(executed, as_version=4))
+    nb.metadata.pop("papermill", None)
+    with atomic_path(twin) as tmp:
+        nbformat.write(nb, tmp)
+
+
+def run(
+    profile: str, only: list[str] | None = None, publish_twins: bool = False
+) -> dict[str, float]:
+    """Run the notebooks (all, or those whose name starts with one of ``only``) in order."""
+    if profile not in PROFILES:
+        raise ValueError(f"--profile must be one of {PROFILES}, got {profile!r}")
+    load_profile(profile)  # validate before spending time
+    sources = notebook_sources()
+    if only:
+        sources = [s for s in sources if any(s.stem.startswith(o) for o in only)]
+        if not sources:
+            raise ValueError(f"no notebook in notebooks/ matches {only}")
+    out_dir = repo_path("runs", profile)
+    timings_path = out_dir / "timings.json"
+    timings: dict[str, float] = {}
+    if timings_path.exists():
+        timings = json.loads(timings_path.read_text())
+    for source in sources:
+        print(f"[{profile}] running {source.name} ...", flush=True)
+        seconds = run_notebook(source, profile, out_dir)
+        timings[source.stem] = round(seconds, 2)
+        write_json(timings_path, timings)
+        print(f"[{profile}] {source.name} done in {seconds:.1f} s", flush=True)
+        if publish_twins:
+            publish(out_dir / f"{source.stem}.ipynb", source.with_suffix(".ipynb"))
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m enflens.pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the notebooks with a profile")
+    r.add_argument("--profile", default="cpu", help="smoke | cpu | full (default: cpu)")
+    r.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    r.add_argument(
+        "--publish", action="store_true", help="write executed copies to notebooks/*.ipynb"
+    )
+    args = parser.parse_args(argv)
+    try:
+        total = time.perf_counter()
+        timings = run(args.profile, args.only, args.publish)
+    except (PipelineError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"[{args.profile}] all {len(timings)} notebooks done in {time.perf_counter() - total:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
