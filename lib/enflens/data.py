@@ -1,0 +1,631 @@
+"""HDF5 dataset store of simulated (or imported DeepLense) lensing images.
+
+Layout of a store made by :func:`generate` (one group per split ``train``, ``val``, ``test``)::
+
+    /<split>/images              (N, H, W) float32  clip(raw, 0) / max(raw), so in [0, 1]
+    /<split>/image_scale         (N,) float64       max(raw), data units (e- / s)
+    /<split>/labels              (N,) int64         0 no_sub, 1 cdm, 2 axion; label = index % 3
+    /<split>/source_center       (N, 2) float64     arcsec
+    /<split>/source_amp          (N,) float64       lenstronomy amp of the Sersic source
+    /<split>/exposure_time       (N,) float64       s (per exposure)
+    /<split>/noise_seed          (N,) int64         numpy RandomState seed of the noise
+    /<split>/n_sub               (N,) int64         CDM subhalos used (25 for cdm)
+    /<split>/sub_mass            (N, 25) float64    CDM subhalo masses, solar masses (0 padded)
+    /<split>/sub_pos             (N, 25, 2) float64 CDM subhalo positions, arcsec (0 padded)
+    /<split>/vortex_angle        (N,) float64       rad (NaN unless axion)
+    /<split>/vortex_half_length  (N,) float64       arcsec (NaN unless axion)
+    /<split>/m_a                 (N,) float64       axion mass in eV (NaN unless axion)
+
+File attributes: ``format``, ``recipe``, ``class_names`` (JSON), ``seed``, ``enflens_version``,
+``lenstronomy_version``, ``kwargs_band`` (JSON, the band actually used), ``recipe_json`` (the
+full recipe), ``n_per_class`` (JSON), ``sha256_<split>`` (of the C-order float32 image bytes),
+``generation_seconds`` and ``images_per_second``. Together with :mod:`enflens.lensing` these
+rebuild every sample's exact lenstronomy kwargs (:func:`sample_params`).
+
+Sample ``index`` of split ``s`` draws from ``numpy.random.default_rng([seed, split_id(s),
+index])``, so the images are bit-identical whatever the number of workers.
+
+Command line::
+
+    python -m enflens.data generate --recipe model_ii --n-per-class N --seed S --out X.h5 \
+        [--workers W] [--n-val N] [--n-test N]
+    python -m enflens.data import-deeplense FOLDER --out X.h5
+    python -m enflens.data info X.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from enflens import __version__, lensing
+from enflens.cache import stage_path
+from enflens.io import atomic_path
+
+FORMAT = "enflens-lensing-v1"
+IMPORT_FORMAT = "enflens-deeplense-import-v1"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Per-sample parameter arrays of a generated store (besides images, image_scale, labels).
+PARAM_FIELDS: tuple[str, ...] = (
+    "source_center",
+    "source_amp",
+    "exposure_time",
+    "noise_seed",
+    "n_sub",
+    "sub_mass",
+    "sub_pos",
+    "vortex_angle",
+    "vortex_half_length",
+    "m_a",
+)
+#: Folder names accepted by :func:`import_deeplense`, per label.
+CLASS_ALIASES: dict[str, int] = {
+    "no_sub": 0,
+    "nosub": 0,
+    "no_substructure": 0,
+    "cdm": 1,
+    "sphere": 1,
+    "subhalo": 1,
+    "subhalos": 1,
+    "axion": 2,
+    "vort": 2,
+    "vortex": 2,
+}
+
+
+class DataFileError(ValueError):
+    """A dataset file is missing parts, truncated, corrupt, or not what the caller asked for."""
+
+
+# --- generation -----------------------------------------------------------------------------
+Task = tuple[int, int, int, int]  # (seed, split_id, start, stop)
+Chunk = dict[str, np.ndarray]
+_WORKER_SIM: lensing.Simulator | None = None
+
+
+def _init_worker(recipe: str) -> None:
+    global _WORKER_SIM
+    _WORKER_SIM = lensing.Simulator(recipe)
+
+
+def _simulate_chunk(task: Task) -> Chunk:
+    """Render samples [start, stop) of one split with the worker's simulator."""
+    seed, split_id, start, stop = task
+    sim = _WORKER_SIM
+    assert sim is not None, "worker simulator not initialised"
+    n = stop - start
+    npix = sim.recipe.num_pix
+    out: dict[str, np.ndarray] = {
+        "images": np.empty((n, npix, npix), np.float32),
+        "image_scale": np.empty(n),
+        "labels": np.empty(n, np.int64),
+        "source_center": np.empty((n, 2)),
+        "source_amp": np.empty(n),
+        "exposure_time": np.empty(n),
+        "noise_seed": np.empty(n, np.int64),
+        "n_sub": np.empty(n, np.int64),
+        "sub_mass": np.empty((n, lensing.MAX_SUB)),
+        "sub_pos": np.empty((n, lensing.MAX_SUB, 2)),
+        "vortex_angle": np.empty(n),
+        "vortex_half_length": np.empty(n),
+        "m_a": np.empty(n),
+    }
+    for k, index in enumerate(range(start, stop)):
+        raw, draw = sim.sample(seed, split_id, index)
+        out["images"][k], out["image_scale"][k] = lensing.normalise(raw)
+        out["labels"][k] = draw.label
+        for name in PARAM_FIELDS:
+            out[name][k] = getattr(draw, name)
+    return out
+
+
+def _chunks(seed: int, sizes: dict[str, int], chunk: int) -> list[Task]:
+    tasks = []
+    for split, n in sizes.items():
+        for start in range(0, n, chunk):
+            tasks.append((seed, lensing.SPLIT_IDS[split], start, min(start + chunk, n)))
+    return tasks
+
+
+@contextlib.contextmanager
+def _runner(recipe: str, workers: int) -> Iterator[Callable[[list[Task]], Iterator[Chunk]]]:
+    """Yield ``run(tasks)`` giving chunk results in task order, in-process or from a Pool.
+
+    The Pool is started before any output file is opened; its workers build their Simulator
+    once (initializer). ``fork`` keeps start-up cheap and, unlike spawn/forkserver, does not
+    re-import ``__main__`` (e.g. a notebook run as a script).
+    """
+    # Build and warm up a simulator here first: imports and numba compilation (seconds) then
+    # happen once, and forked workers inherit them.
+    _init_worker(recipe)
+    assert _WORKER_SIM is not None
+    _WORKER_SIM.sample(0, 0, 0)
+    if workers == 1:
+        yield lambda tasks: (_simulate_chunk(t) for t in tasks)
+        return
+    method = "fork" if "fork" in mp.get_all_start_methods() else None
+    with mp.get_context(method).Pool(workers, _init_worker, (recipe,)) as pool:
+        yield lambda tasks: pool.imap(_simulate_chunk, tasks, chunksize=1)
+
+
+def _check_count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def generate(
+    recipe: str,
+    n_per_class: int,
+    seed: int,
+    out: str | Path,
+    workers: int = 1,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> Path:
+    """Simulate a dataset and write it atomically to ``out`` (HDF5).
+
+    Args:
+        recipe: ``model_i``, ``model_ii`` or ``model_iii``.
+        n_per_class: training images per class.
+        seed: dataset seed (>= 0); splits use disjoint seed sequences.
+        out: output path (.h5).
+        workers: processes; the images do not depend on it.
+        n_val: validation images per class (default ``n_per_class // 10``).
+        n_test: test images per class (default ``n_per_class // 6``).
+        chunk_size: images per worker task.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``out`` as a Path.
+    """
+    r = lensing.get_recipe(recipe)
+    n_per_class = _check_count("n_per_class", n_per_class, 1)
+    seed = _check_count("seed", seed, 0)
+    workers = _check_count("workers", workers, 1)
+    chunk_size = _check_count("chunk_size", chunk_size, 1)
+    n_val = n_per_class // 10 if n_val is None else _check_count("n_val", n_val, 0)
+    n_test = n_per_class // 6 if n_test is None else _check_count("n_test", n_test, 0)
+    per_class = {"train": n_per_class, "val": n_val, "test": n_test}
+    n_cls = len(lensing.CLASS_NAMES)
+    sizes = {s: n_cls * n for s, n in per_class.items()}
+    tasks = _chunks(seed, sizes, chunk_size)
+    out = Path(out)
+    npix = r.num_pix
+    hashes = {s: hashlib.sha256() for s in SPLITS}
+    import lenstronomy
+
+    t0 = time.perf_counter()
+    with _runner(r.name, workers) as run, atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            groups = {}
+            for s in SPLITS:
+                g = f.create_group(s)
+                n = sizes[s]
+                chunks = (min(n, 256), npix, npix) if n else None
+                g.create_dataset("images", (n, npix, npix), np.float32, chunks=chunks)
+                g.create_dataset("image_scale", (n,), np.float64)
+                g.create_dataset("labels", (n,), np.int64)
+                g.create_dataset("source_center", (n, 2), np.float64)
+                for name in ("source_amp", "exposure_time", "vortex_angle"):
+                    g.create_dataset(name, (n,), np.float64)
+                g.create_dataset("vortex_half_length", (n,), np.float64)
+                g.create_dataset("m_a", (n,), np.float64)
+                g.create_dataset("noise_seed", (n,), np.int64)
+                g.create_dataset("n_sub", (n,), np.int64)
+                g.create_dataset("sub_mass", (n, lensing.MAX_SUB), np.float64)
+                g.create_dataset("sub_pos", (n, lensing.MAX_SUB, 2), np.float64)
+                g.attrs["n_per_class"] = per_class[s]
+                groups[lensing.SPLIT_IDS[s]] = (s, g)
+            bar = tqdm(total=sum(sizes.values()), desc=f"simulate {r.name}", disable=not progress)
+            for task, res in zip(tasks, run(tasks), strict=True):
+                _, split_id, start, stop = task
+                s, g = groups[split_id]
+                for name, arr in res.items():
+                    g[name][start:stop] = arr
+                hashes[s].update(np.ascontiguousarray(res["images"], "<f4").tobytes())
+                bar.update(stop - start)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            a = f.attrs
+            a["format"] = FORMAT
+            a["recipe"] = r.name
+            a["class_names"] = json.dumps(list(lensing.CLASS_NAMES))
+            a["seed"] = seed
+            a["enflens_version"] = __version__
+            a["lenstronomy_version"] = lenstronomy.__version__
+            a["kwargs_band"] = json.dumps(r.kwargs_band, sort_keys=True)
+            a["recipe_json"] = json.dumps(r.to_dict(), sort_keys=True)
+            a["n_per_class"] = json.dumps(per_class)
+            a["normalisation"] = "images = clip(raw, 0) / max(raw); image_scale = max(raw)"
+            a["generation_seconds"] = seconds
+            a["images_per_second"] = sum(sizes.values()) / max(seconds, 1e-9)
+            a["workers"] = workers
+            for s in SPLITS:
+                a[f"sha256_{s}"] = hashes[s].hexdigest()
+                f[s].attrs["sha256"] = hashes[s].hexdigest()
+    return out
+
+
+def study_dataset_path(recipe: str, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
+    """Cached location ``data/<recipe>-<hash>.h5`` of the study dataset for these parameters.
+
+    Notebook 01 generates it (and records its parameters); later notebooks call this with the
+    same common parameters to find it.
+    """
+    params = {
+        "recipe": recipe,
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "n_test": int(n_test),
+        "seed": int(seed),
+        "format": FORMAT,
+    }
+    return stage_path("data", recipe, params, ".h5")
+
+
+# --- loading --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LensingSet:
+    """One split of a store.
+
+    Attributes:
+        images: (N, H, W) float32 in [0, 1].
+        labels: (N,) int64 class indices.
+        image_scale: (N,) float64 raw maximum per image.
+        params: per-sample arrays (see the module docstring), by name.
+        attrs: file attributes.
+        class_names: names in label order.
+        path, split: where it came from.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    image_scale: np.ndarray
+    params: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    class_names: tuple[str, ...]
+    path: Path
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _open(path: str | Path) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataFileError(
+            f"dataset file {path} cannot be read as HDF5 (truncated or corrupt?): {e}"
+        ) from e
+
+
+def _attrs(f: h5py.File, path: Path) -> dict[str, Any]:
+    attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    if attrs.get("format") not in (FORMAT, IMPORT_FORMAT):
+        raise DataFileError(
+            f"dataset file {path} is not an enflens lensing store "
+            f"(format attribute {attrs.get('format')!r})"
+        )
+    return attrs
+
+
+def images_sha256(images: np.ndarray) -> str:
+    """sha256 of the C-order little-endian float32 bytes of (N, H, W) images."""
+    return hashlib.sha256(np.ascontiguousarray(images, "<f4").tobytes()).hexdigest()
+
+
+def load(
+    path: str | Path, split: str, recipe: str | None = None, verify: bool = False
+) -> LensingSet:
+    """Read one split of a store.
+
+    Args:
+        path: the .h5 file.
+        split: ``train``, ``val`` or ``test`` (or a split name of an imported file).
+        recipe: if given, the file's recipe must be this one.
+        verify: recompute the sha256 of the images and compare with the stored one.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataFileError (a ValueError): unreadable/truncated file, wrong format or recipe, missing
+            split or array, sha256 mismatch. The message names the file.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        attrs = _attrs(f, path)
+        if recipe is not None and attrs.get("recipe") != recipe:
+            raise DataFileError(
+                f"dataset file {path} holds recipe {attrs.get('recipe')!r}, expected {recipe!r}"
+            )
+        if split not in f:
+            raise DataFileError(
+                f"dataset file {path} has no split {split!r} (has: {', '.join(sorted(f.keys()))})"
+            )
+        g = f[split]
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            for name in g.keys():
+                arrays[name] = g[name][()]
+        except (OSError, KeyError) as e:
+            raise DataFileError(
+                f"dataset file {path}: reading split {split!r} failed (truncated or corrupt?): {e}"
+            ) from e
+    for name in ("images", "labels", "image_scale"):
+        if name not in arrays:
+            raise DataFileError(f"dataset file {path}: split {split!r} lacks the {name!r} array")
+    n = len(arrays["labels"])
+    bad = [k for k, v in arrays.items() if v.shape[:1] != (n,)]
+    if bad:
+        raise DataFileError(
+            f"dataset file {path}: split {split!r} arrays {bad} do not have {n} rows"
+        )
+    if verify:
+        want = attrs.get(f"sha256_{split}")
+        got = images_sha256(arrays["images"])
+        if want != got:
+            raise DataFileError(
+                f"dataset file {path}: sha256 of split {split!r} images is {got}, "
+                f"the file records {want} (data corrupted or modified)"
+            )
+    images = arrays.pop("images")
+    labels = arrays.pop("labels")
+    scale = arrays.pop("image_scale")
+    return LensingSet(
+        images=images,
+        labels=labels,
+        image_scale=scale,
+        params=arrays,
+        attrs=attrs,
+        class_names=tuple(json.loads(attrs["class_names"])),
+        path=path,
+        split=split,
+    )
+
+
+def sample_params(file: str | Path | h5py.File, split: str, index: int) -> dict[str, Any]:
+    """The exact lenstronomy description of one stored sample.
+
+    Args:
+        file: path or open h5py File of a generated store.
+        split: split name.
+        index: sample index in the split.
+
+    Returns:
+        :func:`enflens.lensing.describe` dict: ``lens_model_list``, ``kwargs_lens``,
+        ``source_model_list``, ``kwargs_source``, ``kwargs_band``, ``kwargs_numerics``,
+        ``num_pix``, ``noise_seed``, ``m_a`` (eV or None), ``label``, ... ;
+        ``enflens.lensing.render(params, noise=True)`` reproduces the raw image.
+    """
+    if isinstance(file, h5py.File):
+        return _sample_params(file, Path(file.filename), split, index)
+    with _open(file) as f:
+        return _sample_params(f, Path(file), split, index)
+
+
+def _sample_params(f: h5py.File, path: Path, split: str, index: int) -> dict[str, Any]:
+    attrs = _attrs(f, path)
+    if attrs["format"] != FORMAT:
+        raise DataFileError(
+            f"dataset file {path} was imported ({attrs['format']}): it has no lenstronomy "
+            "description of its samples"
+        )
+    if split not in f:
+        raise DataFileError(f"dataset file {path} has no split {split!r}")
+    g = f[split]
+    n = g["labels"].shape[0]
+    if not 0 <= index < n:
+        raise IndexError(
+            f"dataset file {path}: index {index} out of range for split {split!r} ({n})"
+        )
+    recipe = lensing.Recipe.from_dict(json.loads(attrs["recipe_json"]))
+    row = {name: g[name][index] for name in PARAM_FIELDS}
+    draw = lensing.SampleDraw(
+        label=int(g["labels"][index]),
+        source_center=np.asarray(row["source_center"], np.float64),
+        source_amp=float(row["source_amp"]),
+        exposure_time=float(row["exposure_time"]),
+        noise_seed=int(row["noise_seed"]),
+        sub_mass=np.asarray(row["sub_mass"], np.float64),
+        sub_pos=np.asarray(row["sub_pos"], np.float64),
+        n_sub=int(row["n_sub"]),
+        vortex_angle=float(row["vortex_angle"]),
+        vortex_half_length=float(row["vortex_half_length"]),
+        m_a=float(row["m_a"]),
+    )
+    params = lensing.describe(recipe, draw)
+    params["image_scale"] = float(g["image_scale"][index])
+    return params
+
+
+# --- DeepLense import -----------------------------------------------------------------------
+def _read_npy(path: Path) -> tuple[np.ndarray, float]:
+    """Image (H, W) and axion mass (NaN if absent) from one DeepLense .npy file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError:
+        # Axion files are object arrays [image, m_a]; unpickling is only safe for trusted data.
+        arr = np.load(path, allow_pickle=True)
+    except OSError as e:
+        raise DataFileError(f"{path}: not a readable .npy file: {e}") from e
+    m_a = float("nan")
+    if arr.dtype == object:
+        items = list(arr.ravel()) if arr.ndim else [arr.item()]
+        if len(items) != 2 or np.ndim(items[1]) != 0:
+            raise DataFileError(
+                f"{path}: object array is not [image, m_a] (got {len(items)} items)"
+            )
+        arr, m_a = np.asarray(items[0], np.float64), float(items[1])
+    img = np.asarray(arr, np.float64)
+    img = img.squeeze() if img.ndim == 3 and 1 in (img.shape[0], img.shape[-1]) else img
+    if img.ndim != 2:
+        raise DataFileError(f"{path}: expected a 2-D image, got shape {np.shape(arr)}")
+    return img, m_a
+
+
+def _class_dirs(folder: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    unknown = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = CLASS_ALIASES.get(d.name.lower())
+        if label is None:
+            unknown.append(d.name)
+        elif label in found:
+            raise DataFileError(f"{folder}: two folders for class {lensing.CLASS_NAMES[label]}")
+        else:
+            found[label] = d
+    missing = [lensing.CLASS_NAMES[k] for k in range(3) if k not in found]
+    if unknown or missing:
+        raise DataFileError(
+            f"{folder}: expected one folder per class (no_sub, cdm|sphere|subhalo, axion|vort); "
+            f"missing {missing}, unrecognised {unknown}"
+        )
+    return found
+
+
+def import_deeplense(
+    folder: str | Path, out: str | Path, recipe: str = "deeplense", split: str = "train"
+) -> Path:
+    """Convert a DeepLense download (folders of .npy per class) into an HDF5 store.
+
+    ``folder`` holds either the class folders directly (written as split ``split``) or one
+    sub-folder per split (``train``, ``val``, ``test``) each holding class folders. Images are
+    normalised like :func:`generate` (``clip(x, 0) / max(x)``); axion files carrying
+    ``[image, m_a]`` keep ``m_a`` (eV). Per split: ``images``, ``labels``, ``image_scale``,
+    ``m_a``, ``source_file``.
+
+    Note: object arrays (the axion files) are unpickled: import only trusted downloads.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DeepLense folder {folder} does not exist")
+    sub = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name in SPLITS}
+    layout = {s: _class_dirs(p) for s, p in sub.items()} if sub else {split: _class_dirs(folder)}
+    out = Path(out)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        shape = None
+        for s, classes in layout.items():
+            images, labels, scales, m_as, names = [], [], [], [], []
+            for label, d in sorted(classes.items()):
+                files = sorted(d.glob("*.npy"))
+                if not files:
+                    raise DataFileError(f"{d}: no .npy files")
+                for p in files:
+                    img, m_a = _read_npy(p)
+                    if shape is None:
+                        shape = img.shape
+                    if img.shape != shape:
+                        raise DataFileError(f"{p}: image shape {img.shape} differs from {shape}")
+                    try:
+                        norm, scale = lensing.normalise(img)
+                    except ValueError as e:
+                        raise DataFileError(f"{p}: {e}") from e
+                    images.append(norm)
+                    scales.append(scale)
+                    labels.append(label)
+                    m_as.append(m_a)
+                    names.append(str(p.relative_to(folder)))
+            g = f.create_group(s)
+            stack = np.stack(images).astype(np.float32)
+            g.create_dataset("images", data=stack)
+            g.create_dataset("labels", data=np.asarray(labels, np.int64))
+            g.create_dataset("image_scale", data=np.asarray(scales, np.float64))
+            g.create_dataset("m_a", data=np.asarray(m_as, np.float64))
+            g.create_dataset("source_file", data=np.asarray(names, dtype=h5py.string_dtype()))
+            f.attrs[f"sha256_{s}"] = g.attrs["sha256"] = images_sha256(stack)
+        f.attrs["format"] = IMPORT_FORMAT
+        f.attrs["recipe"] = recipe
+        f.attrs["class_names"] = json.dumps(list(lensing.CLASS_NAMES))
+        f.attrs["source_folder"] = str(folder.resolve())
+        f.attrs["enflens_version"] = __version__
+        f.attrs["normalisation"] = "images = clip(raw, 0) / max(raw); image_scale = max(raw)"
+    return out
+
+
+# --- command line ---------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m enflens.data", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="simulate a dataset")
+    g.add_argument("--recipe", required=True, choices=lensing.RECIPE_NAMES)
+    g.add_argument("--n-per-class", required=True, type=_positive, help="train images per class")
+    g.add_argument("--seed", required=True, type=_non_negative)
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--workers", type=_positive, default=1)
+    g.add_argument("--n-val", type=_non_negative, default=None, help="per class")
+    g.add_argument("--n-test", type=_non_negative, default=None, help="per class")
+    g.add_argument("--chunk-size", type=_positive, default=64)
+    g.add_argument("--no-progress", action="store_true")
+    i = sub.add_parser("import-deeplense", help="convert a DeepLense .npy folder")
+    i.add_argument("folder", type=Path)
+    i.add_argument("--out", required=True, type=Path)
+    i.add_argument("--recipe", default="deeplense", help="name recorded as the file's recipe")
+    i.add_argument("--split", default="train", help="split name for a folder without splits")
+    n = sub.add_parser("info", help="summarise a store")
+    n.add_argument("path", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        out = generate(
+            args.recipe,
+            args.n_per_class,
+            args.seed,
+            args.out,
+            workers=args.workers,
+            n_val=args.n_val,
+            n_test=args.n_test,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
+        )
+        print(out)
+    elif args.command == "import-deeplense":
+        print(import_deeplense(args.folder, args.out, recipe=args.recipe, split=args.split))
+    else:
+        with _open(args.path) as f:
+            attrs = _attrs(f, args.path)
+            for k in sorted(attrs):
+                print(f"{k}: {attrs[k]}")
+            for s in f.keys():
+                print(f"{s}: {f[s]['images'].shape[0]} images {f[s]['images'].shape[1:]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
