@@ -177,3 +177,19 @@ def test_normalise():
     np.testing.assert_array_equal(n, [[0.0, 0.5], [1.0, 0.25]])
     with pytest.raises(ValueError, match="maximum"):
         L.normalise(np.zeros((2, 2)))
+
+
+def test_published_multi_plane_convention_scales_deflections():
+    from astropy.cosmology import FlatLambdaCDM
+
+    cosmo = FlatLambdaCDM(**L.COSMOLOGY)
+
+    def ratio(zs):
+        return (
+            cosmo.angular_diameter_distance(0.5, zs) / cosmo.angular_diameter_distance(zs)
+        ).value
+
+    s = L.published_deflection_scale()
+    assert s == pytest.approx(ratio(1.0) / ratio(2.5), rel=1e-4)
+    assert 0.6 < s < 0.67
+    assert L.published_deflection_scale(z_source_convention=1.0) == pytest.approx(1.0, rel=1e-6)

@@ -19,8 +19,10 @@ Layout of a store made by :func:`generate` (one group per split ``train``, ``val
 File attributes: ``format``, ``recipe``, ``class_names`` (JSON), ``seed``, ``enflens_version``,
 ``lenstronomy_version``, ``kwargs_band`` (JSON, the band actually used), ``recipe_json`` (the
 full recipe), ``n_per_class`` (JSON), ``sha256_<split>`` (of the C-order float32 image bytes),
-``generation_seconds`` and ``images_per_second``. Together with :mod:`enflens.lensing` these
-rebuild every sample's exact lenstronomy kwargs (:func:`sample_params`).
+``generation_seconds`` (wall time, all included) and ``images_per_second`` (simulation and
+writing, after the one-time lenstronomy import and numba compilation). Together with
+:mod:`enflens.lensing` these rebuild every sample's exact lenstronomy kwargs
+(:func:`sample_params`).
 
 Sample ``index`` of split ``s`` draws from ``numpy.random.default_rng([seed, split_id(s),
 index])``, so the images are bit-identical whatever the number of workers.
@@ -49,7 +51,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from enflens import __version__, lensing
 from enflens.cache import stage_path
@@ -212,6 +214,7 @@ def generate(
 
     t0 = time.perf_counter()
     with _runner(r.name, workers) as run, atomic_path(out) as tmp:
+        t_sim = time.perf_counter()  # after the one-time imports / numba compilation
         with h5py.File(tmp, "w") as f:
             groups = {}
             for s in SPLITS:
@@ -242,6 +245,7 @@ def generate(
                 bar.update(stop - start)
             bar.close()
             seconds = time.perf_counter() - t0
+            sim_seconds = time.perf_counter() - t_sim
             a = f.attrs
             a["format"] = FORMAT
             a["recipe"] = r.name
@@ -254,7 +258,7 @@ def generate(
             a["n_per_class"] = json.dumps(per_class)
             a["normalisation"] = "images = clip(raw, 0) / max(raw); image_scale = max(raw)"
             a["generation_seconds"] = seconds
-            a["images_per_second"] = sum(sizes.values()) / max(seconds, 1e-9)
+            a["images_per_second"] = sum(sizes.values()) / max(sim_seconds, 1e-9)
             a["workers"] = workers
             for s in SPLITS:
                 a[f"sha256_{s}"] = hashes[s].hexdigest()
@@ -262,13 +266,11 @@ def generate(
     return out
 
 
-def study_dataset_path(recipe: str, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
-    """Cached location ``data/<recipe>-<hash>.h5`` of the study dataset for these parameters.
-
-    Notebook 01 generates it (and records its parameters); later notebooks call this with the
-    same common parameters to find it.
-    """
-    params = {
+def study_dataset_params(
+    recipe: str, n_train: int, n_val: int, n_test: int, seed: int
+) -> dict[str, Any]:
+    """The parameters that name the study dataset (hashed by :func:`study_dataset_path`)."""
+    return {
         "recipe": recipe,
         "n_train": int(n_train),
         "n_val": int(n_val),
@@ -276,6 +278,16 @@ def study_dataset_path(recipe: str, n_train: int, n_val: int, n_test: int, seed:
         "seed": int(seed),
         "format": FORMAT,
     }
+
+
+def study_dataset_path(recipe: str, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
+    """Cached location ``data/<recipe>-<hash>.h5`` of the study dataset for these parameters.
+
+    ``n_*`` are images per class. Notebook 01 generates the file (and records its parameters
+    with ``enflens.cache.record_params``); later notebooks call this with the same common
+    parameters (RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED) to find it.
+    """
+    params = study_dataset_params(recipe, n_train, n_val, n_test, seed)
     return stage_path("data", recipe, params, ".h5")
 
 

@@ -33,6 +33,7 @@ import copy
 import dataclasses
 import functools
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -583,3 +584,34 @@ def lens_maps(params: dict[str, Any], diff: float | None = None) -> dict[str, np
         "x": x,
         "y": y,
     }
+
+
+def published_deflection_scale(z_source_convention: float = 2.5) -> float:
+    """Factor by which DeepLenseSim Model II/III's set-up shrinks every deflection.
+
+    The published ``simple_sim_2`` passes ``lens_redshift_list`` and ``z_source_convention=2.5``
+    with the source at z = 1 to lenstronomy's ``SimAPI``, which then ray-traces in multi-plane
+    mode and reads each ``theta_E`` as a reduced deflection for a source at z = 2.5. For a source
+    at z = 1 every deflection is scaled by ``(D_ds / D_s)(z=1) / (D_ds / D_s)(z=2.5)``. This
+    measures that factor with lenstronomy (our cosmology, an SIE + shear) against the
+    single-plane model used here.
+    """
+    from astropy.cosmology import FlatLambdaCDM
+    from lenstronomy.LensModel.lens_model import LensModel
+
+    kwargs = [{"theta_E": float(einstein_radius(MAIN_HALO_MASS)), **MAIN_HALO_SHAPE}]
+    with warnings.catch_warnings():  # "Cosmology is provided ..." is expected here
+        warnings.simplefilter("ignore", UserWarning)
+        published = LensModel(
+            ["SIE"],
+            z_source=Z_SOURCE,
+            lens_redshift_list=[Z_LENS],
+            multi_plane=True,
+            cosmo=FlatLambdaCDM(**COSMOLOGY),
+            z_source_convention=z_source_convention,
+        )
+    single = LensModel(["SIE"])
+    x, y = np.array([1.0]), np.array([0.3])
+    bx_pub, _ = published.ray_shooting(x, y, kwargs)
+    bx_one, _ = single.ray_shooting(x, y, kwargs)
+    return float((x - bx_pub)[0] / (x - bx_one)[0])
