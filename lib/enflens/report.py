@@ -1,0 +1,107 @@
+"""Collect the study's measured numbers into one citable ``metrics.json`` (notebook 06).
+
+Also holds the published anchors the results are shown next to. These are other runs on the same
+simulation recipe (DeepLenseSim Model II), not on our images: they are context, not a comparison
+on identical data.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from enflens.results import PROMISED_KEYS, repo_path
+
+#: Published results on DeepLenseSim Model II ("Model A" in the slides) and the ENF slides.
+#: Source: Cheeramvelil et al., NeurIPS 2023 ML4PS workshop; DeepLense repository (see RECIPES).
+PUBLISHED_ANCHORS: list[dict[str, Any]] = [
+    {
+        "model": "C8 steerable CNN (e2cnn; code builds C4)",
+        "accuracy": 99.02,
+        "auc_macro": 0.99967,
+        "source": "Cheeramvelil et al. 2023",
+    },
+    {
+        "model": "ResNet50 from scratch",
+        "accuracy": 96.87,
+        "auc_macro": 0.99742,
+        "source": "Cheeramvelil et al. 2023",
+    },
+    {
+        "model": "Equivariant transformer",
+        "accuracy": 92.41,
+        "auc_macro": 0.99321,
+        "source": "Cheeramvelil et al. 2023",
+    },
+    {
+        "model": "Harmonic Net",
+        "accuracy": 90.95,
+        "auc_macro": 0.98516,
+        "source": "Cheeramvelil et al. 2023",
+    },
+    {
+        "model": "ResNet18 ImageNet-pretrained",
+        "accuracy": 99.13,
+        "auc_macro": 0.99959,
+        "source": "Cheeramvelil et al. 2023",
+    },
+    {
+        "model": "CvT transformer",
+        "accuracy": 99.41,
+        "auc_macro": None,
+        "source": "K. Sachdev, DeepLense repository",
+    },
+]
+
+STUDY_PACKAGES = (
+    "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "lenstronomy", "h5py", "numpy",
+    "scipy", "scikit-learn", "papermill", "jupytext", "matplotlib", "seaborn",
+)  # fmt: skip
+
+
+def package_versions(packages: tuple[str, ...] = STUDY_PACKAGES) -> dict[str, str]:
+    """Installed version of each package (``"not installed"`` if absent), plus Python."""
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def jax_devices() -> list[str]:
+    import jax
+
+    return [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
+
+
+def collect(profile: str, results_dir: Path | None = None) -> dict[str, Any]:
+    """Read ``results/<profile>/NN_*.json`` of notebooks 01-05 and the pipeline timings.
+
+    Returns a dict with ``profile``, ``package_versions``, ``jax_devices``, ``notebook_seconds``
+    (from ``runs/<profile>/timings.json``) and one entry per notebook found. Raises
+    ``FileNotFoundError`` naming the first missing result file.
+    """
+    results_dir = results_dir or repo_path("results", profile)
+    out: dict[str, Any] = {
+        "profile": profile,
+        "package_versions": package_versions(),
+        "jax_devices": jax_devices(),
+    }
+    for name in PROMISED_KEYS:
+        if name == "06_results":
+            continue
+        path = results_dir / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run notebook {name} with profile {profile}")
+        try:
+            out[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+    timings = repo_path("runs", profile, "timings.json")
+    out["notebook_seconds"] = json.loads(timings.read_text()) if timings.exists() else {}
+    return out
