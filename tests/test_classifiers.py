@@ -1,0 +1,145 @@
+"""Latent-cloud classifiers: exact SE(2) invariance (with the MLP as negative control), use of
+orientations, permutation invariance, factory errors, parameter counts, tiny-batch overfit."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from enflens import classifiers as C
+from enflens.geometry import Latents
+from enflens.metrics import invariance_error
+from enflens.train import fit, predict
+
+N, D = 16, 8  # small clouds keep the tests fast
+SMALL = {
+    "enf_mlp": {"hidden": 32},
+    "enf_ponita": {"hidden": 32, "basis_dim": 32, "layers": 2},
+    "enf_transformer": {"hidden": 32, "basis_dim": 16, "layers": 2},
+}
+
+
+def _rngs(seed: int = 0) -> nnx.Rngs:
+    """RBG keys: same statistics for initialisation, much faster to compile on CPU."""
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+def _latents(rng: np.random.Generator, b: int = 8, n: int = N, d: int = D) -> Latents:
+    return Latents(
+        positions=rng.uniform(-0.8, 0.8, (b, n, 2)).astype(np.float32),
+        orientations=rng.uniform(0, 2 * np.pi, (b, n)).astype(np.float32),
+        contexts=rng.normal(size=(b, n, d)).astype(np.float32),
+        windows=rng.uniform(0.1, 0.4, (b, n)).astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {
+        name: C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **cfg)
+        for name, cfg in SMALL.items()
+    }
+
+
+@pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
+def test_invariant_to_random_se2(models, name):
+    z = _latents(np.random.default_rng(0))
+    logits = predict(models[name], z)
+    # non-trivial output: the logits differ between examples
+    assert np.ptp(logits, axis=0).max() > 1e-2 * np.abs(logits).max()
+    err = invariance_error(models[name], z, jax.random.key(1), n=4, max_translation=0.5)
+    print(f"{name}: SE(2) invariance error {err:.1e}")
+    assert err < 1e-5
+
+
+def test_mlp_is_not_invariant(models):
+    z = _latents(np.random.default_rng(0))
+    err = invariance_error(models["enf_mlp"], z, jax.random.key(1), n=4, max_translation=0.5)
+    print(f"enf_mlp (negative control): SE(2) invariance error {err:.2f}")
+    assert err > 0.05
+
+
+@pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
+def test_uses_orientations_and_is_permutation_invariant(models, name):
+    rng = np.random.default_rng(2)
+    z = _latents(rng)
+    base = predict(models[name], z)
+    # turning each latent by its own angle is not a group action: the output must change
+    turned = Latents(z.positions, z.orientations + rng.uniform(0, 2 * np.pi, z.orientations.shape),
+                     z.contexts, z.windows)  # fmt: skip
+    assert np.abs(predict(models[name], turned) - base).max() > 1e-3 * np.abs(base).max()
+    perm = rng.permutation(N)
+    shuffled = Latents(z.positions[:, perm], z.orientations[:, perm], z.contexts[:, perm],
+                       z.windows[:, perm])  # fmt: skip
+    np.testing.assert_allclose(predict(models[name], shuffled), base, atol=1e-5)
+
+
+def test_cnf_mlp_and_factory_errors():
+    m = C.make_classifier("cnf_mlp", context_dim=0, num_latents=0, cnf_dim=12, rngs=_rngs())
+    assert predict(m, np.zeros((5, 12), np.float32)).shape == (5, 3)
+    with pytest.raises(ValueError, match="cnf_dim"):
+        C.make_classifier("cnf_mlp", context_dim=0, num_latents=0, rngs=_rngs())
+    with pytest.raises(ValueError, match="unknown classifier"):
+        C.make_classifier("enf_gnn", context_dim=D, num_latents=N, rngs=_rngs())
+    with pytest.raises(ValueError, match="unknown config keys"):
+        C.make_classifier("enf_ponita", context_dim=D, num_latents=N, depth=3, rngs=_rngs())
+    with pytest.raises(ValueError, match="must divide"):
+        C.make_classifier("enf_transformer", context_dim=D, num_latents=N, heads=5, rngs=_rngs())
+    with pytest.raises(ValueError, match="expected"):
+        m(np.zeros((5, 11), np.float32))
+
+
+def test_wrong_latent_shapes_raise(models):
+    z = _latents(np.random.default_rng(0), n=N + 1)
+    with pytest.raises(ValueError, match="positions must be"):
+        models["enf_ponita"](z)
+    z = _latents(np.random.default_rng(0), d=D + 1)
+    with pytest.raises(ValueError, match="contexts must be"):
+        models["enf_mlp"](z)
+
+
+def test_default_parameter_counts():
+    counts = {
+        name: C.count_params(
+            nnx.eval_shape(
+                lambda name=name: C.make_classifier(
+                    name, context_dim=32, num_latents=25, cnf_dim=256, rngs=nnx.Rngs(0)
+                )
+            )
+        )
+        for name in C.CLASSIFIER_CONFIGS
+    }
+    print("default parameter counts (D=32, N=25, D_cnf=256):", counts)
+    assert counts == {
+        "enf_mlp": 135_939,
+        "enf_ponita": 125_379,
+        "enf_transformer": 111_823,
+        "cnf_mlp": 50_307,
+    }
+
+
+def test_rff_basis_variant_is_invariant():
+    m = C.make_classifier(
+        "enf_ponita", context_dim=D, num_latents=N, rngs=_rngs(), hidden=16, basis_dim=16,
+        layers=1, degree=2, rff_dim=8,
+    )  # fmt: skip
+    z = _latents(np.random.default_rng(3), b=4)
+    assert invariance_error(m, z, jax.random.key(2), n=2) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp"])
+def test_overfits_tiny_batch(name):
+    rng = np.random.default_rng(4)
+    y = np.arange(12) % 3
+    if name == "cnf_mlp":
+        x = rng.normal(size=(12, 16)).astype(np.float32)
+        m = C.make_classifier(name, context_dim=0, num_latents=0, cnf_dim=16, rngs=_rngs())
+    else:
+        x = _latents(rng, b=12)
+        m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **SMALL[name])
+    hist = fit(
+        m, (x, y), (x, y), epochs=40, batch_size=12, learning_rate=3e-3, weight_decay=0.0,
+        warmup_fraction=0.0, patience=None, progress=False,
+    )  # fmt: skip
+    assert hist["best_val_acc"] == 1.0
+    assert (predict(m, x).argmax(-1) == y).all()
