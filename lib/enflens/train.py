@@ -416,7 +416,7 @@ def save_checkpoint(model: nnx.Module, directory: str | Path) -> Path:
     """
     path = Path(directory).absolute() / "state"
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = nnx.state(model).to_pure_dict()
+    state = nnx.to_pure_dict(nnx.state(model))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, state, force=True)
     return path
@@ -431,7 +431,7 @@ def restore_checkpoint(model: nnx.Module, directory: str | Path) -> nnx.Module:
     if not path.is_dir():
         raise FileNotFoundError(f"restore_checkpoint: no checkpoint at {path}")
     state = nnx.state(model)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.to_pure_dict())
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(path, abstract)
     nnx.replace_by_pure_dict(state, restored)

@@ -1,0 +1,184 @@
+"""Trainer: learning, validation-only model selection, early stopping, time budget, seeds,
+augmentations, prediction batching and checkpoint round trips."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from enflens import train
+from enflens.classifiers import make_classifier
+from enflens.cnn import make_cnn, rotate_images
+from enflens.geometry import Latents, pair_invariants
+
+
+def _rngs(seed: int = 0) -> nnx.Rngs:
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+def _blobs(seed: int, n: int, d: int = 8):
+    """Three Gaussian clusters in d dimensions (a learnable, slightly noisy problem)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = np.random.default_rng(99).normal(size=(3, d)) * 1.5
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def _mlp(seed: int = 0):
+    return make_classifier(
+        "cnf_mlp", context_dim=0, num_latents=0, cnf_dim=8, hidden=32, rngs=_rngs(seed)
+    )
+
+
+def test_fit_learns_and_selects_on_validation():
+    tr, va = _blobs(0, 192), _blobs(1, 96)
+    m = _mlp()
+    hist = train.fit(m, tr, va, epochs=8, batch_size=32, learning_rate=3e-3, progress=False)
+    n = hist["epochs_run"]
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"):
+        assert len(hist[k]) == n
+    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    assert hist["best_val_acc"] == max(hist["val_acc"]) > 0.8
+    # the model holds the best-validation state, and validation accuracy is reproducible
+    acc = float(np.mean(train.predict(m, va[0]).argmax(-1) == va[1]))
+    assert acc == hist["best_val_acc"]
+    assert hist["steps"] == n * 6 and hist["stop_reason"] == "epochs"
+    assert hist["num_params"] > 0 and hist["train_seconds"] > 0
+    assert hist["lr"][-1] < hist["lr"][0]  # cosine decay
+
+
+def test_best_epoch_is_restored_not_last():
+    # large learning rate on noisy labels: validation accuracy peaks early, then degrades
+    tr, va = _blobs(0, 96), _blobs(1, 96)
+    tr = (tr[0], np.random.default_rng(5).integers(0, 3, 96))  # random training labels
+    m = _mlp()
+    hist = train.fit(m, tr, va, epochs=6, batch_size=16, learning_rate=3e-2, patience=None,
+                     progress=False, warmup_fraction=0.0)  # fmt: skip
+    best = hist["best_epoch"]
+    assert best < hist["epochs_run"] - 1  # the last epoch is worse: restoring matters
+    assert hist["val_acc"][best] == max(hist["val_acc"])
+    acc = float(np.mean(train.predict(m, va[0]).argmax(-1) == va[1]))
+    assert acc == hist["val_acc"][best]
+
+
+def test_early_stopping_and_time_budget():
+    tr, va = _blobs(0, 64), _blobs(1, 32)
+    # learning rate 0: validation never improves after epoch 0 -> stop after `patience` more
+    hist = train.fit(_mlp(), tr, va, epochs=20, batch_size=16, learning_rate=0.0, patience=2,
+                     progress=False)  # fmt: skip
+    assert hist["stop_reason"] == "patience" and hist["epochs_run"] == 3
+    assert hist["best_epoch"] == 0
+    hist = train.fit(_mlp(), tr, va, epochs=20, batch_size=16, train_seconds=0.0, progress=False)
+    assert hist["stop_reason"] == "time_budget"
+    assert hist["epochs_run"] == 1 and hist["steps"] == 1
+
+
+def test_seeded_runs_are_reproducible():
+    tr, va = _blobs(0, 64), _blobs(1, 32)
+    kw = dict(epochs=3, batch_size=16, progress=False)
+    h1 = train.fit(_mlp(), tr, va, seed=3, **kw)
+    h2 = train.fit(_mlp(), tr, va, seed=3, **kw)
+    h3 = train.fit(_mlp(), tr, va, seed=4, **kw)
+    assert h1["train_loss"] == h2["train_loss"]
+    assert h1["train_loss"] != h3["train_loss"]  # the seed drives the shuffling
+
+
+def test_bad_inputs_raise():
+    x, y = _blobs(0, 16)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        train.fit(_mlp(), (x, y[:-1]), (x, y), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        train.fit(_mlp(), (x, y + 3), (x, y), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="integers"):
+        train.fit(_mlp(), (x, y.astype(float)), (x, y), epochs=1, progress=False)
+    with pytest.raises(TypeError):
+        train.fit(_mlp(), (x, y), (x, y), epochs=1, progress=False, epochz=3)
+
+
+def test_predict_batching_and_probabilities():
+    x, _ = _blobs(0, 23)
+    m = _mlp()
+    full = train.predict(m, x, batch_size=64)
+    np.testing.assert_allclose(train.predict(m, x, batch_size=5), full, atol=1e-6)
+    p = train.predict(m, x, batch_size=5, probabilities=True)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-6)
+    assert p.shape == (23, 3) and (p.argmax(-1) == full.argmax(-1)).all()
+
+
+def _latents(rng, b=6, n=9, d=4):
+    return Latents(
+        rng.uniform(-1, 1, (b, n, 2)).astype(np.float32),
+        rng.uniform(0, 2 * np.pi, (b, n)).astype(np.float32),
+        rng.normal(size=(b, n, d)).astype(np.float32),
+        rng.uniform(0.1, 0.3, (b, n)).astype(np.float32),
+    )
+
+
+def test_latent_augmentation():
+    z = _latents(np.random.default_rng(0))
+    key = jax.random.key(0)
+    aug = train.latent_augmentation(random_transform=True, max_translation=0.3)
+    za = aug(key, z)
+    # a genuine group action: poses move, pair invariants, contexts and windows do not
+    assert np.abs(np.asarray(za.positions) - z.positions).max() > 0.1
+    np.testing.assert_allclose(
+        pair_invariants(za.positions, za.orientations),
+        pair_invariants(z.positions, z.orientations), atol=1e-5,
+    )  # fmt: skip
+    np.testing.assert_array_equal(za.contexts, z.contexts)
+    big = _latents(np.random.default_rng(1), b=64, n=16, d=8)
+    noisy = train.latent_augmentation(
+        position_noise=0.01, orientation_noise=0.05, context_noise=0.1
+    )(key, big)
+    for got, ref, sd in [(noisy.positions, big.positions, 0.01),
+                         (noisy.orientations, big.orientations, 0.05),
+                         (noisy.contexts, big.contexts, 0.1)]:  # fmt: skip
+        assert np.std(np.asarray(got) - ref) == pytest.approx(sd, rel=0.1)
+    np.testing.assert_array_equal(noisy.windows, big.windows)
+    with pytest.raises(ValueError, match=">= 0"):
+        train.latent_augmentation(context_noise=-1.0)
+
+
+def test_image_augmentation_rotates():
+    rng = np.random.default_rng(0)
+    imgs = rng.random((8, 16, 16)).astype(np.float32)
+    key = jax.random.key(0)
+    np.testing.assert_allclose(train.image_augmentation(0.0)(key, imgs), imgs, atol=1e-6)
+    out = np.asarray(train.image_augmentation()(key, imgs))
+    angles = np.asarray(jax.random.uniform(key, (8,), minval=-np.pi, maxval=np.pi))
+    np.testing.assert_allclose(out, rotate_images(imgs, angles), atol=1e-6)
+    assert np.abs(out - imgs).max() > 0.5
+
+
+def test_augmented_latent_training_runs():
+    rng = np.random.default_rng(0)
+    z, y = _latents(rng, b=24, n=9, d=4), rng.integers(0, 3, 24)
+    m = make_classifier("enf_mlp", context_dim=4, num_latents=9, hidden=16, rngs=_rngs())
+    aug = train.latent_augmentation(position_noise=0.01, random_transform=True)
+    hist = train.fit(m, (z, y), (z, y), epochs=2, batch_size=8, augment=aug, progress=False)
+    assert hist["steps"] == 6 and np.isfinite(hist["train_loss"]).all()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    # a model with BatchNorm statistics: those must be saved too
+    x = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+    y = np.arange(12) % 3
+    m = make_cnn("c8_gcnn", channels=(4,), rngs=_rngs(0))
+    hist = train.fit(m, (x, y), (x, y), epochs=2, batch_size=6, progress=False,
+                     checkpoint_dir=str(tmp_path / "ck"))  # fmt: skip
+    assert (tmp_path / "ck" / "state").is_dir()
+    saved = json.loads((tmp_path / "ck" / "history.json").read_text())
+    assert saved["best_epoch"] == hist["best_epoch"]
+    fresh = make_cnn("c8_gcnn", channels=(4,), rngs=_rngs(1))
+    assert np.abs(train.predict(fresh, x) - train.predict(m, x)).max() > 1e-4
+    train.restore_checkpoint(fresh, tmp_path / "ck")
+    np.testing.assert_array_equal(train.predict(fresh, x), train.predict(m, x))
+    # explicit save/restore of the current state
+    train.save_checkpoint(m, tmp_path / "again")
+    other = make_cnn("c8_gcnn", channels=(4,), rngs=_rngs(2))
+    train.restore_checkpoint(other, tmp_path / "again")
+    np.testing.assert_array_equal(train.predict(other, x), train.predict(m, x))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.restore_checkpoint(other, tmp_path / "missing")
