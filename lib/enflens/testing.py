@@ -1,0 +1,167 @@
+"""Numerical equivariance checks for fields decoded from latent point clouds.
+
+A decoder ``fn(coords, latents) -> values`` with coords (B, P, 2), batched
+:class:`~enflens.geometry.Latents` and values (B, P, C) is *equivariant* to a group G when
+``fn(g x, g z) = fn(x, z)`` for every g in G: moving the latents moves the field with them.
+
+:func:`equivariance_error` measures, for random *continuous* group elements (angles uniform in
+[0, 2 pi), never only multiples of 90 degrees) and random inputs (jittered latent positions,
+random orientations, contexts and windows, random pixel coordinates), the relative error
+
+    err(g) = max |fn(g x, g z) - fn(x, z)| / max |fn(x, z)|
+
+(maxima over batch, pixels and channels). :func:`assert_equivariant` raises when the largest
+error over the elements tried exceeds ``rtol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from enflens.geometry import SE2, Latents, grid_latents, random_se2
+
+Array = jax.Array
+Decoder = Callable[[Array, Latents], Array]
+
+#: Groups :func:`random_group_elements` can draw from.
+GROUPS = ("se2", "translation", "rotation")
+
+
+def random_latents(
+    key: Array,
+    batch: int,
+    num_latents: int = 25,
+    context_dim: int = 32,
+    *,
+    jitter: float = 0.6,
+    window_range: tuple[float, float] = (0.25, 0.6),
+) -> Latents:
+    """Random latents: jittered grid positions, uniform orientations, N(0, 1) contexts.
+
+    Jitter avoids exact distance ties (k-nearest selection is then unambiguous).
+
+    Returns:
+        :class:`Latents` with positions (B, N, 2), orientations (B, N) in [0, 2 pi),
+        contexts (B, N, D), windows (B, N) uniform in ``window_range``.
+    """
+    kg, ko, kw = jax.random.split(key, 3)
+
+    def one(k: Array) -> Latents:
+        return grid_latents(num_latents, context_dim, key=k, jitter=jitter, context_init=1.0)
+
+    z = jax.vmap(one)(jax.random.split(kg, batch))
+    lo, hi = window_range
+    return Latents(
+        positions=z.positions,
+        orientations=jax.random.uniform(ko, (batch, num_latents), jnp.float32, 0.0, 2 * np.pi),
+        contexts=z.contexts,
+        windows=jax.random.uniform(kw, (batch, num_latents), jnp.float32, lo, hi),
+    )
+
+
+def random_coords(key: Array, batch: int, num_pixels: int) -> Array:
+    """Random query coordinates, uniform in [-1, 1]^2, different per image: (B, P, 2)."""
+    return jax.random.uniform(key, (batch, num_pixels, 2), jnp.float32, -1.0, 1.0)
+
+
+def random_group_elements(
+    key: Array, num: int, group: str = "se2", max_translation: float = 0.5
+) -> SE2:
+    """``num`` random elements of ``group`` (batch shape (num,)).
+
+    ``se2``: angle uniform in [0, 2 pi) and translation uniform in [-max_translation,
+    max_translation]^2; ``translation``: angle 0; ``rotation``: translation 0 (about the origin).
+    """
+    if group not in GROUPS:
+        raise ValueError(f"random_group_elements: group={group!r}; expected one of {GROUPS}")
+    g = random_se2(key, (num,), max_translation=max_translation)
+    if group == "translation":
+        return SE2(jnp.zeros_like(g.angle), g.translation)
+    if group == "rotation":
+        return SE2(g.angle, jnp.zeros_like(g.translation))
+    return g
+
+
+def act(g: SE2, coords: Array, latents: Latents) -> tuple[Array, Latents]:
+    """Apply one element g (unbatched) to coords (B, P, 2) and batched latents.
+
+    Uses :meth:`SE2.apply` and :meth:`Latents.transform` (float32, as a user would).
+    """
+    b = coords.shape[0]
+    gb = SE2(jnp.broadcast_to(g.angle, (b,)), jnp.broadcast_to(g.translation, (b, 2)))
+    return gb.apply(coords), latents.transform(gb)
+
+
+def equivariance_error(
+    fn: Decoder,
+    key: Array,
+    *,
+    group: str = "se2",
+    num_elements: int = 8,
+    batch: int = 2,
+    num_pixels: int = 256,
+    num_latents: int = 25,
+    context_dim: int = 32,
+    max_translation: float = 0.5,
+    coords: Array | None = None,
+    latents: Latents | None = None,
+    elements: SE2 | None = None,
+) -> np.ndarray:
+    """Relative equivariance error of ``fn`` for each of ``num_elements`` random elements.
+
+    Args:
+        fn: decoder ``(coords (B, P, 2), latents) -> (B, P, C)``.
+        key: PRNG key for inputs and group elements.
+        group: ``se2`` | ``translation`` | ``rotation``.
+        num_elements: how many random elements to try.
+        batch, num_pixels, num_latents, context_dim: sizes of the random inputs.
+        max_translation: translations uniform in [-max_translation, max_translation]^2.
+        coords, latents: inputs to use instead of random ones.
+        elements: group elements (batch shape (M,)) to use instead of random ones.
+
+    Returns:
+        (M,) float64 array of ``max|fn(g x, g z) - fn(x, z)| / max|fn(x, z)|``.
+    """
+    kx, kz, kg = jax.random.split(key, 3)
+    if coords is None:
+        coords = random_coords(kx, batch, num_pixels)
+    if latents is None:
+        latents = random_latents(kz, coords.shape[0], num_latents, context_dim)
+    if elements is None:
+        elements = random_group_elements(kg, num_elements, group, max_translation)
+    jfn = jax.jit(fn)
+    ref = np.asarray(jfn(coords, latents), np.float64)
+    scale = np.max(np.abs(ref))
+    if not np.isfinite(scale) or scale == 0:
+        raise ValueError(f"equivariance_error: decoder output max|f| = {scale}; cannot normalise")
+    errs = []
+    for i in range(elements.angle.shape[0]):
+        g = SE2(elements.angle[i], elements.translation[i])
+        out = np.asarray(jfn(*act(g, coords, latents)), np.float64)
+        errs.append(np.max(np.abs(out - ref)) / scale)
+    return np.asarray(errs)
+
+
+def assert_equivariant(
+    fn: Decoder, key: Array, *, rtol: float = 1e-5, group: str = "se2", **kwargs
+) -> float:
+    """Assert ``fn(g x, g z) == fn(x, z)`` to relative error ``rtol`` for random g in ``group``.
+
+    Keyword arguments go to :func:`equivariance_error`. Returns the largest error found.
+
+    Raises:
+        AssertionError: naming the worst element and its error when it exceeds ``rtol``.
+    """
+    errs = equivariance_error(fn, key, group=group, **kwargs)
+    worst = float(errs.max())
+    if not worst <= rtol:
+        raise AssertionError(
+            f"not {group}-equivariant: relative error {worst:.3e} > rtol {rtol:.1e} "
+            f"(element {int(errs.argmax())} of {errs.size}; "
+            f"errors {np.array2string(errs, precision=2)})"
+        )
+    return worst
