@@ -16,6 +16,7 @@ error over the elements tried exceeds ``rtol``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -48,6 +49,18 @@ def random_latents(
         :class:`Latents` with positions (B, N, 2), orientations (B, N) in [0, 2 pi),
         contexts (B, N, D), windows (B, N) uniform in ``window_range``.
     """
+    return _random_latents(key, batch, num_latents, context_dim, jitter, tuple(window_range))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _random_latents(
+    key: Array,
+    batch: int,
+    num_latents: int,
+    context_dim: int,
+    jitter: float,
+    window_range: tuple[float, float],
+) -> Latents:
     kg, ko, kw = jax.random.split(key, 3)
 
     def one(k: Array) -> Latents:
