@@ -29,7 +29,7 @@ Implementation notes (this decoder is the hot path of Meta-SGD fitting):
   differentiated; gradients reach positions through the bi-invariant and the window term).
   ``(B, P, N, hidden)`` tensors appear only when ``k_nearest`` is ``None`` or ``>= N``.
 * Per-latent quantities (keys, values, cos/sin of orientations, ``1/s^2``) are computed once per
-  latent and gathered in one go.
+  latent, then gathered as rows for the k neighbours of each pixel.
 * The query MLP's last layer is folded into the keys: ``(W2 h + b2) . k = h . (W2^T k) + b2 . k``,
   so the per-pair cost of the logit is ``num_heads * hidden`` instead of ``hidden^2``; the result
   is algebraically identical to materialising ``q``.
@@ -293,46 +293,41 @@ class ENFDecoder(nnx.Module):
         keys = self.key(latents.contexts).reshape(b, n, nh, hd)  # (B, N, H, hd)
         w2 = self.query_out.kernel[...].reshape(cfg.hidden, nh, hd)  # (hidden, H, hd)
         b2 = self.query_out.bias[...].reshape(nh, hd)
-        keys_folded = jnp.einsum("bnhe,dhe->bnhd", keys, w2).reshape(b, n, nh * cfg.hidden)
+        keys_folded = jnp.einsum("bnhe,dhe->bnhd", keys, w2)  # (B, N, H, hidden)
         key_bias = jnp.einsum("bnhe,he->bnh", keys, b2)  # (B, N, H)
         values = self.value(latents.contexts)  # (B, N, hidden)
-        table = jnp.concatenate(
+        geom = jnp.concatenate(
             [
                 pos,
                 jnp.cos(latents.orientations)[..., None],
                 jnp.sin(latents.orientations)[..., None],
                 (1.0 / jnp.square(latents.windows))[..., None],
                 key_bias,
-                keys_folded,
-                values,
             ],
             axis=-1,
-        )  # (B, N, F)
+        )  # (B, N, 5 + H)
 
-        # --- neighbours: (B, P, k, F) ------------------------------------------------------
+        # --- neighbours: (B, P, k, ...) ----------------------------------------------------
+        # three separate gathers: slicing one wide gathered table costs a copy per slice
         x = coords[:, :, None, :]  # (B, P, 1, 2)
         if k < n:
             d2_all = jnp.sum(jnp.square(x - jax.lax.stop_gradient(pos)[:, None]), -1)  # (B,P,N)
             _, idx = jax.lax.top_k(-d2_all, k)  # (B, P, k)
-            g = _gather_rows(table, idx)
-        else:
-            g = table[:, None]  # (B, 1, N, F), broadcast over pixels
-        o = 0
-        p_k = g[..., o : o + 2]
-        cos_k, sin_k, inv_s2 = g[..., o + 2], g[..., o + 3], g[..., o + 4]
-        o += 5
-        kb_k = g[..., o : o + nh]
-        o += nh
-        kf_k = g[..., o : o + nh * cfg.hidden]
-        o += nh * cfg.hidden
-        v_k = g[..., o : o + cfg.hidden]
+            geom_k = _gather_rows(geom, idx)
+            kf_k = _gather_rows(keys_folded.reshape(b, n, nh * cfg.hidden), idx)
+            kf_k = kf_k.reshape(b, p, k, nh, cfg.hidden)
+            v_k = _gather_rows(values, idx)
+        else:  # all latents: broadcast over pixels
+            geom_k, kf_k, v_k = geom[:, None], keys_folded[:, None], values[:, None]
+        p_k = geom_k[..., 0:2]
+        cos_k, sin_k, inv_s2 = geom_k[..., 2], geom_k[..., 3], geom_k[..., 4]
+        kb_k = geom_k[..., 5:]
 
         # --- pair quantities (B, P, k, ...) --------------------------------------------------
         diff = x - p_k  # (B, P, k, 2)
         d2 = jnp.sum(diff * diff, -1)  # (B, P, k)
         a = bi_invariant(cfg.bi_invariant, x, p_k, cos_k, sin_k)  # (B, P, k, d_a)
         hq = jax.nn.gelu(self.query_hidden(self.rff_query(a)))  # (B, P, k, hidden)
-        kf_k = kf_k.reshape(*kf_k.shape[:-1], nh, cfg.hidden)
         logits = jnp.einsum("bpkd,bpkhd->bpkh", hq, kf_k) + kb_k  # (B, P, k, H)
         logits = logits / math.sqrt(hd) - (d2 * inv_s2)[..., None]
         att = jax.nn.softmax(logits, axis=2)  # over the k latents
