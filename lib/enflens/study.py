@@ -226,6 +226,22 @@ def load_inputs(
     return x, labels.astype(np.int64)
 
 
+def data_tag(
+    model_name: str,
+    dataset_path: str | Path,
+    latent_stores: dict[str, dict[str, str | Path]] | None = None,
+    fraction: float = 1.0,
+) -> dict[str, Any]:
+    """Provenance of a model's training data for the cache key: the dataset file name, the names
+    of the latent stores it reads (latent models) and the training fraction. Notebooks 05 and 06
+    build it the same way, so 06 restores 05's full-data runs instead of retraining them."""
+    kind = input_kind(model_name)
+    tag: dict[str, Any] = {"dataset": Path(dataset_path).name, "fraction": float(fraction)}
+    if kind != "image" and latent_stores and kind in latent_stores:
+        tag["latent_stores"] = {s: Path(p).name for s, p in sorted(latent_stores[kind].items())}
+    return tag
+
+
 def encoding_settings(store_path: str | Path) -> dict[str, Any]:
     """How a latent store was encoded: {steps, pixels (None = all), sampling, seed}.
 
@@ -501,6 +517,26 @@ def evaluate(model: nnx.Module, x_test: Any, y_test: Any, *, batch_size: int = 2
     """:func:`evaluate_scores` of the model's softmax probabilities on the test inputs."""
     probs = train.predict(model, x_test, batch_size=batch_size, probabilities=True)
     return evaluate_scores(y_test, probs)
+
+
+def model_entry(hist: dict[str, Any], test: dict[str, Any], n_params: int) -> dict[str, Any]:
+    """One model's results record: test metrics (:func:`evaluate`), size, training summary and
+    the per-epoch curves (``history``: val_acc, val_loss, train_loss, epoch_seconds)."""
+    return {
+        **test,
+        "n_params": int(n_params),
+        "train_seconds": float(hist["train_seconds"]),
+        "best_epoch": int(hist["best_epoch"]),
+        "best_val_acc": float(hist["best_val_acc"]),
+        "epochs_run": int(hist["epochs_run"]),
+        "steps": int(hist["steps"]),
+        "stop_reason": hist["stop_reason"],
+        "restored_from_cache": bool(hist.get("cached", False)),
+        "history": {
+            k: [float(v) for v in hist[k]]
+            for k in ("val_acc", "val_loss", "train_loss", "epoch_seconds")
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- rotations
