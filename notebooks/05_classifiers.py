@@ -55,7 +55,7 @@ TRAIN_SECONDS = {
 EPOCHS = {
     "enf_mlp": 100,
     "enf_ponita": 12,
-    "enf_transformer": 5,
+    "enf_transformer": 4,
     "cnf_mlp": 100,
     "resnet18": 1,
     "c8_gcnn": 1,
@@ -73,7 +73,7 @@ AUGMENT = {}  # per input kind ("enf", "cnf", "image") overrides of study.DEFAUL
 BATCH_SIZE = 64
 PATIENCE = 10
 SEED = 0
-ROT_ANGLES = 6  # rotation angles: 0 and ROT_ANGLES - 1 random angles in (0, 360)
+ROT_ANGLES = 5  # rotation angles: 0 and ROT_ANGLES - 1 random angles in (0, 360)
 ROT_IMAGES = 900  # test images (stratified) for the image-rotation and latent-action curves
 REFIT_IMAGES = 240  # test images (stratified) whose rotated versions are re-encoded
 INVARIANCE_IMAGES = 256  # test latents for the SE(2) invariance error of the logits

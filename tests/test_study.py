@@ -115,6 +115,12 @@ def test_unknown_config_keys_are_rejected():
     tr, va = _blobs(0, 24), _blobs(1, 12)
     with pytest.raises(ValueError, match="unknown keys"):
         study.train_classifier("cnf_mlp", tr, va, augment_cfg={"max_angle_deg": 10})
+    with pytest.raises(ValueError, match="train_cfg: unknown keys"):
+        study.train_classifier("cnf_mlp", tr, va, train_cfg={"epoch": 1})
+    with pytest.raises(ValueError, match="unknown config keys"):
+        study.train_classifier("cnf_mlp", tr, va, model_cfg={"width": 1})
+    with pytest.raises(ValueError, match="model_cfg for 'resnet18': unknown keys"):
+        study.cache_params("resnet18", tr, va, model_cfg={"hidden": 1})
     with pytest.raises(ValueError, match="unknown model"):
         study.input_kind("vit")
 

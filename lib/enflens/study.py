@@ -385,6 +385,10 @@ def cache_params(
 ) -> dict[str, Any]:
     """Everything that determines a trained classifier (the input of its cache hash)."""
     kind = input_kind(name)
+    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    bad = sorted(set(train_cfg or {}) - fields)
+    if bad:
+        raise ValueError(f"train_cfg: unknown keys {bad}; allowed {sorted(fields)}")
     tcfg = dataclasses.asdict(train.TrainConfig(**{**(train_cfg or {}), "seed": seed}))
     for k in _UNHASHED_TRAIN_KEYS:
         tcfg.pop(k)
@@ -448,13 +452,19 @@ def train_classifier(
     model_cfg, train_cfg = dict(model_cfg or {}), dict(train_cfg or {})
     kind = input_kind(name)
     x_tr, y_tr = train_data
+    params = cache_params(
+        name,
+        train_data,
+        val_data,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        augment_cfg=augment_cfg,
+        seed=seed,
+        data_tag=data_tag,
+    )
     model = build_model(name, train.take(x_tr, np.arange(1)), model_cfg, seed)
     run_dir = None
     if cache_dir is not None:
-        params = cache_params(
-            name, train_data, val_data, model_cfg=model_cfg, train_cfg=train_cfg,
-            augment_cfg=augment_cfg, seed=seed, data_tag=data_tag,
-        )  # fmt: skip
         run_dir = cache_dir_for(cache_dir, name, params)
         if _is_complete(run_dir):
             train.restore_checkpoint(model, run_dir)
