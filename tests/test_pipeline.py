@@ -92,3 +92,12 @@ def test_failing_notebook_names_notebook_and_cell(tmp_path, monkeypatch):
 def test_results_json_of_committed_cpu_run_parse():
     for path in repo_path("results", "cpu").glob("*.json"):
         json.loads(path.read_text())
+
+
+def test_figures_of_non_default_profiles_do_not_overwrite_committed_figures(monkeypatch):
+    from enflens import results
+
+    monkeypatch.delenv(results.PROFILE_ENV, raising=False)
+    assert results.figures_dir() == repo_path("figures")
+    monkeypatch.setenv(results.PROFILE_ENV, "smoke")
+    assert results.figures_dir() == repo_path("figures", "smoke")

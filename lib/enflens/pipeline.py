@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from enflens.io import atomic_path, write_json
-from enflens.results import repo_path
+from enflens.results import PROFILE_ENV, repo_path
 
 KERNEL_NAME = "enflens"
 PROFILES = ("smoke", "cpu", "full")
@@ -128,6 +129,7 @@ def run_notebook(
     nbformat.write(to_notebook(source), in_path)
     out_path, log_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.log"
     start = time.perf_counter()
+    os.environ[PROFILE_ENV] = profile  # inherited by the kernel: where figures go
     with open(log_path, "w") as log:
         try:
             pm.execute_notebook(

@@ -27,20 +27,25 @@ def save_results(notebook: str, profile: str, metrics: dict[str, Any]) -> Path:
 def savefig(fig: Any, name: str, dpi: int = 110) -> Path:
     """Save a matplotlib figure as ``figures/<name>.png`` atomically and return the path.
 
-    ``name`` follows the convention ``<notebook>_<what>``, e.g. ``01_lensing_data_samples``.
+    ``name`` follows the convention ``<notebook>_<what>``, e.g. ``01_lensing_data_samples``;
+    the folder is :func:`figures_dir`.
     """
-    out = repo_path("figures", f"{name}.png")
+    out = figures_dir() / f"{name}.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return out
 
 
+#: Environment variable the pipeline sets to the running profile (see :func:`figures_dir`).
+PROFILE_ENV = "ENFLENS_PROFILE"
+
+
 def figures_dir() -> Path:
-    return repo_path("figures")
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+    """``figures/`` for the default cpu profile (the committed figures, also when a notebook is
+    run by hand), ``figures/<profile>/`` when the pipeline runs another profile, so a smoke or
+    full run never overwrites the figures the README shows."""
+    profile = os.environ.get(PROFILE_ENV, "cpu")
+    return repo_path("figures") if profile == "cpu" else repo_path("figures", profile)
 
 
 #: Keys each notebook promises in ``results/<profile>/<notebook>.json`` (checked by the tests).
