@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -380,6 +381,39 @@ def init_latents(cfg: ENFConfig, batch: int, key: Array | None = None) -> Latent
         return jax.vmap(one)(jax.random.split(key, batch))
     z = one(None)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), z)
+
+
+def decode_chunked(
+    decoder: Callable[[Array, Latents], Array],
+    coords: Array,
+    latents: Latents,
+    chunk_pixels: int = 4096,
+) -> Array:
+    """Decode many pixels in chunks of ``chunk_pixels`` per image (bounded memory).
+
+    Memory of one decoder call grows with P * k; this runs ``jax.lax.map`` over pixel chunks so
+    that full images at any resolution fit. Jit-able (``chunk_pixels`` static).
+
+    Args:
+        decoder: ``(coords (B, p, 2), latents) -> (B, p, C)``, e.g. an :class:`ENFDecoder`.
+        coords: (B, P, 2); P need not be a multiple of ``chunk_pixels`` (padded internally).
+        latents: batched :class:`Latents`.
+        chunk_pixels: pixels per image per call.
+
+    Returns:
+        (B, P, C).
+    """
+    if chunk_pixels < 1:
+        raise ValueError(f"decode_chunked: chunk_pixels={chunk_pixels} must be >= 1")
+    b, p, _ = coords.shape
+    if p <= chunk_pixels:
+        return decoder(coords, latents)
+    n_chunks = -(-p // chunk_pixels)
+    pad = n_chunks * chunk_pixels - p
+    padded = jnp.pad(coords, ((0, 0), (0, pad), (0, 0)))
+    chunks = padded.reshape(b, n_chunks, chunk_pixels, 2).swapaxes(0, 1)  # (n, B, chunk, 2)
+    out = jax.lax.map(lambda c: decoder(c, latents), chunks)  # (n, B, chunk, C)
+    return out.swapaxes(0, 1).reshape(b, n_chunks * chunk_pixels, -1)[:, :p]
 
 
 def count_params(model: nnx.Module) -> int:
