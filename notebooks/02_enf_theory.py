@@ -1,0 +1,367 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (enflens)
+#     language: python
+#     name: enflens
+# ---
+
+# %% [markdown]
+# # 02 · Equivariant neural fields: why moving the latents moves the image
+#
+# **Neural fields.** A neural field represents one image as a function
+# $f_\theta:\mathbb{R}^2\to\mathbb{R}^C$ from a pixel coordinate $x$ to its value: a small
+# network (typically with a Fourier-feature embedding of $x$) fitted to that one image. The
+# image is stored in the weights $\theta$.
+#
+# **Conditional neural fields.** To represent a whole dataset, the weights are shared and each
+# image gets a *latent* $z$: $f_\theta(x; z)$. Fitting an image means finding its $z$, usually
+# with a few meta-learned gradient steps (Functa, Meta-SGD; notebook 03). The latents are then
+# the input of a classifier. A single latent *vector* has no geometry, though: rotating the
+# image changes $z$ in some entangled way, so a classifier on $z$ has to learn rotations from
+# data.
+#
+# **Equivariant neural fields** (Wessels, Knigge et al., ICLR 2025) make the latent a *point
+# cloud* $z=\{(p_i,\theta_i,c_i,s_i)\}_{i=1}^N$: a pose in SE(2) (position $p_i$, orientation
+# $\theta_i$), a context vector $c_i$ and a Gaussian window width $s_i$. A group element
+# $g=(\varphi,t)$ acts on coordinates by $gx = R_\varphi x + t$ and on the cloud by moving the
+# poses, $g z=\{(R_\varphi p_i+t,\ \theta_i+\varphi,\ c_i,\ s_i)\}$. The decoder is built so that
+#
+# $$f_\theta(gx;\,gz) = f_\theta(x;\,z)\qquad\text{for all } g,$$
+#
+# i.e. the field of the transformed latent is the transformed field: a rotated lens image is
+# represented by the rotated point cloud with *the same* contexts. A classifier that is
+# invariant on point clouds (PONITA, notebook 05) then gives rotation-invariant predictions.
+#
+# ## Bi-invariants
+#
+# A **bi-invariant** is a function $a(x, p)$ of a query coordinate and a latent pose with
+# $a(gx, gp)=a(x,p)$ for every $g$ of the group. The ENF decoder reads coordinates and poses
+# *only* through $a(x,p_i)$ and the distance $\lVert x-p_i\rVert$; contexts and windows are
+# untouched by $g$. So every input of the decoder is the same for $(gx, gz)$ as for $(x,z)$,
+# and equivariance follows without any constraint on the weights. For SE(2):
+#
+# $$a(gx, gp_i) = R_{\theta_i+\varphi}^{\top}\big(R_\varphi x + t - R_\varphi p_i - t\big)
+#   = R_{\theta_i}^{\top}R_\varphi^{\top}R_\varphi(x-p_i) = R_{\theta_i}^{\top}(x-p_i)
+#   = a(x,p_i).$$
+#
+# | `bi_invariant` | $a(x, p_i)$ | equivariant to |
+# |---|---|---|
+# | `translation` | $x - p_i$ | translations |
+# | `roto_translation` | $R(\theta_i)^\top (x - p_i)$ | SE(2): rotations + translations |
+# | `isotropic` | $\lVert x - p_i\rVert$ | SE(2) (and reflections); orientations ignored |
+# | `absolute` | $x$ | nothing: the **negative control** |
+#
+# ## The decoder (`enflens.enf.ENFDecoder`)
+#
+# For a pixel $x$ and its $k$ nearest latents $i\in\mathcal{N}_k(x)$ (nearest by
+# $\lVert x-p_i\rVert$, itself invariant, so the same latents are selected for $(gx,gz)$):
+#
+# $$q = \mathrm{MLP}\big(\gamma_q(a_i)\big),\quad k_i = W_k c_i,\quad
+#   v_i = W_v c_i \odot \big(1+\gamma(a_i)\big) + \beta(a_i),$$
+# $$\alpha_i = \operatorname{softmax}_{i\in\mathcal{N}_k(x)}
+#   \Big(\tfrac{q\cdot k_i}{\sqrt{d}} - \tfrac{\lVert x-p_i\rVert^2}{s_i^2}\Big),\qquad
+#   f(x;z) = \mathrm{MLP}_{\mathrm{out}}\Big(\textstyle\sum_i \alpha_i v_i\Big),$$
+#
+# with $\gamma_q$ and $(\gamma,\beta)$ computed from random Fourier features
+# $[\sin 2\pi Ba,\ \cos 2\pi Ba]$ of the bi-invariant, $B$ frozen Gaussian frequencies, one
+# softmax per attention head. The Gaussian window makes each latent local; the $k$-nearest
+# restriction makes the cost linear in pixels $\times k$ instead of pixels $\times N$.
+#
+# Below we check all this numerically: with random continuous group elements (never only
+# multiples of 90°) and random latent clouds, the relative error
+# $\max|f(gx;gz)-f(x;z)| / \max|f(x;z)|$ must sit at float32 rounding level ($\le 10^{-5}$)
+# for the equivariant bi-invariants, and be large for the control.
+
+# %% tags=["parameters"]
+PROFILE = "cpu"
+SEED = 0
+GRID = 64  # decoding grid (pixels per side) for figures and timing
+NUM_ELEMENTS = 16  # random group elements per equivariance check
+NUM_ANGLES = 36  # rotation angles in the error-vs-angle sweep
+EQ_BATCH = 4  # images per equivariance check
+EQ_PIXELS = 512  # random pixels per image in the equivariance checks
+K_VALUES = [1, 2, 4, 9, 16, 25]  # k-nearest sweep, 25: all latents
+TIMING_BATCH = 8  # images per timed decode (GRID x GRID pixels each)
+TIMING_REPEATS = 3  # timed decodes; the median is reported
+EQ_CHECK_ALL = True  # also check the decoders that attend to all latents
+
+# %%
+import dataclasses
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+from enflens.enf import EQUIVARIANT_GROUPS, ENFConfig, ENFDecoder, count_params
+from enflens.geometry import SE2
+from enflens.grid import make_grid
+from enflens.results import save_results, savefig
+from enflens.testing import act, equivariance_error, random_coords, random_latents
+
+BI_INVARIANTS = ["translation", "roto_translation", "isotropic", "absolute"]
+GROUP = {**EQUIVARIANT_GROUPS, "absolute": "se2"}  # the control is checked against SE(2)
+COLORS = dict(
+    translation="tab:blue", roto_translation="tab:green", isotropic="tab:orange", absolute="tab:red"
+)
+BASE = ENFConfig()
+key = jax.random.PRNGKey(SEED)
+
+
+def decoder_fn(bi_invariant=BASE.bi_invariant, k_nearest=BASE.k_nearest):
+    """Randomly initialised decoder (same seed for all), jitted: (coords, latents) -> values.
+
+    Cached (k >= N means all latents), so cells asking for the same decoder share compilations.
+    """
+    if k_nearest is not None and k_nearest >= BASE.num_latents:
+        k_nearest = None
+    return _decoder_fn(bi_invariant, k_nearest)
+
+
+@functools.cache
+def _decoder_fn(bi_invariant, k_nearest):
+    cfg = dataclasses.replace(BASE, bi_invariant=bi_invariant, k_nearest=k_nearest)
+    model = ENFDecoder(cfg, rngs=nnx.Rngs(SEED))
+    return jax.jit(lambda x, z: model(x, z))
+
+
+n_params = count_params(ENFDecoder(BASE, rngs=nnx.Rngs(SEED)))
+print(BASE)
+print(f"trainable parameters: {n_params:,}")
+
+# %% [markdown]
+# ## Seeing it: a random latent cloud and its moved copy
+#
+# An untrained decoder (random weights) and a random cloud of 25 latents (jittered grid
+# positions, random orientations shown as arrows, random contexts and windows) give a random
+# smooth field. We move the cloud by $g$ = (rotation 50°, translation (0.25, −0.1)) and decode
+# again (third column), and compare with the original field moved by $g$, i.e. decoded at
+# $g^{-1}x$ (second column). For `roto_translation` they coincide to rounding error; for the
+# `absolute` control the decoded field does not follow its latents.
+
+# %%
+g_demo = SE2(jnp.float32(np.deg2rad(50.0)), jnp.array([0.25, -0.1], jnp.float32))
+grid = make_grid(GRID)[None]  # (1, GRID^2, 2)
+z_demo = random_latents(jax.random.fold_in(key, 1), 1, BASE.num_latents, BASE.latent_dim)
+_, gz_demo = act(g_demo, grid, z_demo)
+inv = g_demo.inverse()
+grid_back = SE2(inv.angle[None], inv.translation[None]).apply(grid)  # g^-1 x
+
+
+def show(ax, values, title, latents=None, vlim=None):
+    img = np.asarray(values).reshape(GRID, GRID)
+    im = ax.imshow(
+        img,
+        origin="lower",
+        extent=(-1, 1, -1, 1),
+        cmap="magma",
+        vmin=vlim[0] if vlim else None,
+        vmax=vlim[1] if vlim else None,
+    )
+    if latents is not None:
+        p, th = np.asarray(latents.positions[0]), np.asarray(latents.orientations[0])
+        ax.quiver(p[:, 0], p[:, 1], np.cos(th), np.sin(th), color="cyan", scale=18, width=0.006)
+        ax.scatter(p[:, 0], p[:, 1], s=8, c="cyan")
+    ax.set(title=title, xlim=(-1, 1), ylim=(-1, 1), xticks=[], yticks=[])
+    return im
+
+
+fig, axes = plt.subplots(2, 4, figsize=(15, 7.6))
+demo_err = {}
+for row, bi in zip(axes, ["roto_translation", "absolute"], strict=True):
+    f = decoder_fn(bi_invariant=bi)
+    base_field = f(grid, z_demo)[0, :, 0]
+    moved_field = f(grid_back, z_demo)[0, :, 0]  # f(g^-1 x; z)
+    decoded_moved = f(grid, gz_demo)[0, :, 0]  # f(x; g z)
+    vlim = (float(base_field.min()), float(base_field.max()))
+    show(row[0], base_field, f"{bi}: f(x; z)", z_demo, vlim)
+    show(row[1], moved_field, "field moved by g: f(g⁻¹x; z)", gz_demo, vlim)
+    show(row[2], decoded_moved, "latents moved by g: f(x; g z)", gz_demo, vlim)
+    diff = np.abs(np.asarray(decoded_moved - moved_field))
+    demo_err[bi] = float(diff.max() / np.abs(np.asarray(base_field)).max())
+    im = show(row[3], diff, f"|difference|, max rel. {demo_err[bi]:.1e}")
+    fig.colorbar(im, ax=row[3], fraction=0.046)
+fig.suptitle(
+    "Equivariance by construction: moving the latents moves the field (top), unless the "
+    "decoder reads absolute coordinates (bottom)"
+)
+fig.tight_layout()
+savefig(fig, "02_enf_theory_decoded")
+plt.show()
+
+# %% [markdown]
+# ## Equivariance error of every bi-invariant
+#
+# Each bi-invariant is checked against the group it is built for (translations for
+# `translation`, SE(2) for the others and for the control), with `NUM_ELEMENTS` random
+# elements (angles uniform in $[0, 2\pi)$, translations uniform in $[-0.5, 0.5]^2$), random
+# clouds and random pixels, with the default $k$-nearest selection and (`EQ_CHECK_ALL`)
+# attending to all latents. Reported: the largest relative error over the elements tried.
+
+# %%
+eq_kw = dict(
+    num_elements=NUM_ELEMENTS,
+    batch=EQ_BATCH,
+    num_pixels=EQ_PIXELS,
+    num_latents=BASE.num_latents,
+    context_dim=BASE.latent_dim,
+)
+eq_ks = (BASE.k_nearest, None) if EQ_CHECK_ALL else (BASE.k_nearest,)
+eq_by_k = {}
+for bi in BI_INVARIANTS:
+    eq_by_k[bi] = {}
+    for k in eq_ks:
+        f = decoder_fn(bi_invariant=bi, k_nearest=k)
+        errs = equivariance_error(f, jax.random.fold_in(key, 2), group=GROUP[bi], **eq_kw)
+        eq_by_k[bi]["all" if k is None else str(k)] = float(errs.max())
+equivariance = {bi: max(v.values()) for bi, v in eq_by_k.items()}
+for bi in BI_INVARIANTS:
+    status = "FAILS (control)" if bi == "absolute" else "ok" if equivariance[bi] <= 1e-5 else "FAIL"
+    err = equivariance[bi]
+    print(f"{bi:>17} [{GROUP[bi]:>11}]  max rel. error {err:.2e}  {status}   by k: {eq_by_k[bi]}")
+
+# %% [markdown]
+# ### Error against the rotation angle
+#
+# Now one random cloud and translation, and the rotation angle swept over the circle. At angle
+# 0 only the control fails; as soon as the angle is non-zero the `translation` bi-invariant
+# fails too (it has no frame to rotate), while `roto_translation` and `isotropic` stay at
+# float32 rounding level for every angle.
+
+# %%
+angles = np.linspace(0.0, 2 * np.pi, NUM_ANGLES, endpoint=False)
+t_sweep = jnp.broadcast_to(jnp.array([0.3, -0.2], jnp.float32), (NUM_ANGLES, 2))
+sweep_elements = SE2(jnp.asarray(angles, jnp.float32), t_sweep)
+x_sweep = random_coords(jax.random.fold_in(key, 3), EQ_BATCH, EQ_PIXELS)
+z_sweep = random_latents(jax.random.fold_in(key, 4), EQ_BATCH, BASE.num_latents, BASE.latent_dim)
+angle_sweep = {}
+for bi in BI_INVARIANTS:
+    errs = equivariance_error(
+        decoder_fn(bi_invariant=bi), key, coords=x_sweep, latents=z_sweep, elements=sweep_elements
+    )
+    angle_sweep[bi] = np.maximum(errs, 1e-9)  # exact zeros (angle 0, no rounding) on a log axis
+
+fig, ax = plt.subplots(figsize=(8, 4.2))
+for bi in BI_INVARIANTS:
+    ax.semilogy(np.rad2deg(angles), angle_sweep[bi], "o-", ms=3, color=COLORS[bi], label=bi)
+ax.axhline(1e-5, color="k", ls="--", lw=1, label="tolerance 1e-5")
+ax.set(
+    xlabel="rotation angle (degrees), translation (0.3, -0.2)",
+    ylabel="max |f(gx;gz) - f(x;z)| / max |f|",
+    title=f"Equivariance error vs rotation angle (k = {BASE.k_nearest})",
+)
+ax.legend(loc="center right", fontsize=8)
+fig.tight_layout()
+savefig(fig, "02_enf_theory_error_vs_angle")
+plt.show()
+
+# %% [markdown]
+# ## What the k-nearest restriction buys and costs
+#
+# Restricting each pixel to its $k$ nearest latents keeps equivariance (the selection uses the
+# invariant distance) but changes the field: latents beyond the $k$-th are cut even where
+# their Gaussian window is not negligible, which makes the field jump where the set of
+# nearest latents changes. We measure, for each $k$, the equivariance error
+# (`roto_translation`), the deviation from attending to all latents (relative, on the
+# `GRID`×`GRID` grid) and the decoding speed (pixels per second, jitted, median of
+# `TIMING_REPEATS`, `TIMING_BATCH` images). The equivariance error does not depend on $k$; the
+# deviation does. Here it is large because the Gaussian windows overlap: with $s$ about one grid
+# spacing (the default), a latent 1.5 spacings from the pixel still gets weight
+# $e^{-2.25}\approx 0.1$ relative to one on top of it, so the latents beyond the 9th carry a
+# noticeable share of the attention that $k=9$ cuts off; the content term $q\cdot k_i/\sqrt{d}$
+# of this untrained decoder is small next to the window term. Training (and fitted windows)
+# decide how local the attention becomes; the cost grows linearly with $k$.
+
+
+# %%
+def pixels_per_second(fn, coords, latents):
+    jax.block_until_ready(fn(coords, latents))  # compile
+    times = []
+    for _ in range(TIMING_REPEATS):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(coords, latents))
+        times.append(time.perf_counter() - t0)
+    return coords.shape[0] * coords.shape[1] / statistics.median(times)
+
+
+grid_b = jnp.broadcast_to(make_grid(GRID), (TIMING_BATCH, GRID * GRID, 2))
+z_time = random_latents(jax.random.fold_in(key, 5), TIMING_BATCH, BASE.num_latents, BASE.latent_dim)
+full = np.asarray(decoder_fn(k_nearest=None)(grid_b, z_time))
+k_sweep = []
+for k in K_VALUES:
+    f = decoder_fn(k_nearest=k)
+    errs = equivariance_error(f, jax.random.fold_in(key, 2), group="se2", **eq_kw)
+    out = np.asarray(f(grid_b, z_time))
+    k_sweep.append(
+        dict(
+            k=k,
+            equivariance_error=float(errs.max()),
+            deviation_from_all=float(np.abs(out - full).max() / np.abs(full).max()),
+            pixels_per_second=pixels_per_second(f, grid_b, z_time),
+        )
+    )
+    print(k_sweep[-1])
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+ks = [r["k"] for r in k_sweep]
+ax1.semilogy(ks, [r["equivariance_error"] for r in k_sweep], "o-", label="equivariance error")
+partial = [r for r in k_sweep if r["k"] < BASE.num_latents]  # k = N is "all": deviation 0
+ax1.semilogy(
+    [r["k"] for r in partial],
+    [r["deviation_from_all"] for r in partial],
+    "s-",
+    label="deviation from all latents",
+)
+ax1.axhline(1e-5, color="k", ls="--", lw=1)
+ax1.set(xlabel="k nearest latents", ylabel="max relative difference", title="Accuracy")
+ax1.legend()
+ax2.plot(ks, [r["pixels_per_second"] / 1e3 for r in k_sweep], "o-", color="tab:purple")
+ax2.set(
+    xlabel="k nearest latents",
+    ylabel="thousand pixels / s",
+    title=f"Decode speed ({TIMING_BATCH} x {GRID}x{GRID}, this CPU)",
+    ylim=(0, None),
+)
+fig.tight_layout()
+savefig(fig, "02_enf_theory_k_nearest")
+plt.show()
+
+# %% [markdown]
+# ## Results
+#
+# The default decoder (`ENFConfig()`) decodes at the speed below on this machine; the
+# equivariance errors are the maxima over all elements and both $k$ settings tried above.
+
+# %%
+decode_pps = (
+    next(r["pixels_per_second"] for r in k_sweep if r["k"] == BASE.k_nearest)
+    if BASE.k_nearest in K_VALUES
+    else pixels_per_second(decoder_fn(), grid_b, z_time)
+)
+results = dict(
+    equivariance_error=equivariance,
+    equivariance_error_by_k=eq_by_k,
+    equivariance_group=GROUP,
+    decode_pixels_per_second=decode_pps,
+    n_params=n_params,
+    config=dataclasses.asdict(BASE),
+    demo_relative_error=demo_err,
+    angle_sweep=dict(angles_deg=np.rad2deg(angles), **{bi: v for bi, v in angle_sweep.items()}),
+    k_sweep=k_sweep,
+    timing=dict(batch=TIMING_BATCH, grid=GRID, repeats=TIMING_REPEATS),
+)
+assert all(equivariance[bi] <= 1e-5 for bi in EQUIVARIANT_GROUPS), equivariance
+assert equivariance["absolute"] >= 1e-2, equivariance
+print(f"decode: {decode_pps:,.0f} pixels/s; parameters: {n_params:,}")
+print(save_results("02_enf_theory", PROFILE, results))
