@@ -31,7 +31,7 @@ def adapter() -> F.FieldAdapter:
 
 
 CFG = F.MetaConfig(
-    inner_steps=2, inner_pixels=32, outer_pixels=48, batch_size=4, num_steps=6, outer_lr=1e-2,
+    inner_steps=2, inner_pixels=36, outer_pixels=48, batch_size=4, num_steps=6, outer_lr=1e-2,
     warmup_steps=2, checkpoint_every=2, eval_every=0, seed=5,
 )  # fmt: skip
 
@@ -91,7 +91,7 @@ def test_save_and_load_trained_decoder(tmp_path):
     lat2, s2 = F.fit_latents(ad2, params2, images(3, seed=1), steps=2)
     np.testing.assert_array_equal(lat1, lat2)
     # overwrite keeps a valid checkpoint, hash changes with the content
-    params3 = {**params, "lrs": params["lrs"] * 2}
+    params3 = {**params, "log_lrs": params["log_lrs"] + 1.0}
     assert F.save_trained(path, ad, params3, (SIZE, SIZE, 1)) != digest
     assert not list(tmp_path.glob(".decoder*"))  # no temporary leftovers
     # a tampered meta.json hash is detected, naming the file

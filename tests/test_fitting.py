@@ -53,7 +53,7 @@ def tiny_enf(bi_invariant: str = "roto_translation") -> F.FieldAdapter:
 
 
 CFG = F.MetaConfig(
-    inner_steps=2, inner_pixels=64, outer_pixels=96, batch_size=8, num_steps=60, outer_lr=3e-3,
+    inner_steps=2, inner_pixels=64, outer_pixels=128, batch_size=8, num_steps=60, outer_lr=3e-3,
     warmup_steps=5, checkpoint_every=0, eval_every=0,
 )  # fmt: skip
 
@@ -111,7 +111,7 @@ def test_first_order_ignores_inner_gradient_dependence_second_order_does_not():
     assert max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a, c, strict=True)) > 1e-5
     # ... and both give the inner learning rates and the latent init a gradient.
     for g in (g_fo, g_so):
-        assert float(jnp.abs(g["lrs"]).max()) > 0
+        assert float(jnp.abs(g["log_lrs"]).max()) > 0
         assert float(jnp.abs(g["init"]).max()) > 0
 
 
@@ -179,7 +179,7 @@ def test_train_step_updates_decoder_rates_init_not_buffers():
         )
 
     assert changed(state.params["decoder"], new.params["decoder"])
-    assert changed(state.params["lrs"].contexts, new.params["lrs"].contexts)
+    assert changed(state.params["log_lrs"].contexts, new.params["log_lrs"].contexts)
     assert changed(state.params["init"], new.params["init"])
     assert jax.tree.leaves(state.params["buffers"])  # the ENF has frozen RFF frequencies
     assert not changed(state.params["buffers"], new.params["buffers"])
@@ -266,3 +266,23 @@ def test_rotation_consistency_metric():
     rot = F.rotation_consistency(adapter, params, imgs, [angle, angle], steps=1)
     assert np.all(rot["consistency"] < same["consistency"])
     assert set(rot) == {"consistency", "fit_rotated", "fit_original"}
+
+
+def test_stratified_sampling_takes_one_pixel_per_block():
+    px = jnp.arange(2 * 64 * 64, dtype=jnp.float32).reshape(2, 4096, 1)
+    coords, vals = F._subset(jax.random.PRNGKey(0), make_grid(64), px, 512)  # blocks of 2 x 4
+    idx = np.asarray(vals[..., 0]).astype(int) - np.array([0, 4096])[:, None]
+    assert idx.shape == (2, 512)
+    np.testing.assert_array_equal(coords, np.asarray(make_grid(64))[idx])
+    rows, cols = idx // 64, idx % 64
+    blocks = (rows // 2) * 16 + cols // 4
+    for b in range(2):
+        assert sorted(blocks[b]) == list(range(512))  # every block exactly once
+    assert not np.array_equal(idx[0], idx[1])  # each image its own draw
+    _, other = F._subset(jax.random.PRNGKey(1), make_grid(64), px, 512)
+    assert not np.array_equal(other, vals)
+    # random sampling: without replacement
+    _, rnd = F._subset(jax.random.PRNGKey(0), make_grid(64), px, 500, "random")
+    assert len(np.unique(np.asarray(rnd[0]))) == 500
+    with pytest.raises(ValueError, match="do not tile"):
+        F._subset(jax.random.PRNGKey(0), make_grid(64), px, 500)
