@@ -453,6 +453,9 @@ results = {
     "outer_steps_per_second": {
         k: m[2]["outer_steps"] / m[2]["train_seconds"] for k, m in models.items()
     },
+    "outer_steps_per_second_calibrated": {  # pure step rate, before the run
+        k: m[2]["calibration_steps_per_second"] for k, m in models.items()
+    },
     "fit_images_per_second": fit_ips,
     "train_seconds": {k: m[2]["train_seconds"] for k, m in models.items()},
     "train_budget_seconds": TRAIN_SECONDS,
