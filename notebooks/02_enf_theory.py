@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -81,6 +82,12 @@
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
+RECIPE = "model_ii"  # common profile parameters (this notebook uses no data)
+N_TRAIN = 3000
+N_VAL = 300
+N_TEST = 1000
+DATA_SEED = 0
+WORKERS = 2
 SEED = 0
 GRID = 64  # decoding grid (pixels per side) for figures and timing
 NUM_ELEMENTS = 16  # random group elements per equivariance check
