@@ -77,7 +77,7 @@ CNF_ADAPTER = {"lr_init": 1.0}
 META = {"inner_steps": 3, "inner_pixels": 256, "outer_pixels": 512, "batch_size": 8,
         "outer_lr": 1e-2, "lr_lr": 1e-2, "warmup_steps": 50, "first_order": False}  # fmt: skip
 META_OVERRIDES = {"enf": {}, "cnf": {"outer_lr": 3e-4}}
-TRAIN_SECONDS = 360  # wall-time budget of each model's meta-training (the same for both)
+TRAIN_SECONDS = 270  # wall-time budget of each model's meta-training (the same for both)
 EVAL_IMAGES = 64  # validation images of the PSNR logged during training
 FIT = {"pixels": 1024, "sampling": "stratified", "batch_size": 64}  # encoding (inner steps: META)
 N_CLEAN = 300  # validation images scored against their noise-free re-render

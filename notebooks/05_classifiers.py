@@ -46,16 +46,16 @@ MODELS = ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp", "resnet18", "c8
 # wall-time budget per model in seconds (includes compilation and validation)
 TRAIN_SECONDS = {
     "enf_mlp": 45,
-    "enf_ponita": 360,
-    "enf_transformer": 180,
+    "enf_ponita": 300,
+    "enf_transformer": 150,
     "cnf_mlp": 45,
-    "resnet18": 360,
-    "c8_gcnn": 180,
+    "resnet18": 300,
+    "c8_gcnn": 150,
 }
 # maximum epochs (also the length of the cosine schedule); chosen to roughly fill the budget
 EPOCHS = {
     "enf_mlp": 100,
-    "enf_ponita": 12,
+    "enf_ponita": 10,
     "enf_transformer": 4,
     "cnf_mlp": 100,
     "resnet18": 1,

@@ -41,7 +41,7 @@ DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 DE_MODELS = ["enf_ponita", "resnet18"]  # models of the data-efficiency curve
 DE_FRACTIONS = [0.01, 0.1, 1.0]  # fractions of the training split (1.0 reuses notebook 05)
-DE_TRAIN_SECONDS = 90  # wall-time budget per run for fractions < 1
+DE_TRAIN_SECONDS = 60  # wall-time budget per run for fractions < 1
 DE_MAX_EPOCHS = 300  # cap on the epochs of the small-fraction runs
 
 # %%

@@ -57,6 +57,18 @@ def test_ipynb_twin_code_cells_match_py_source(source):
     assert nb_code == py_code, f"{twin.name} is out of sync with {source.name}: run `make sync`"
 
 
+@pytest.mark.parametrize("source", pipeline.notebook_sources(), ids=lambda p: p.stem)
+def test_cpu_profile_equals_notebook_defaults(source):
+    """Running a notebook by hand (JupyterLab) gives the cpu profile, and the published
+    twins (papermill's injected cell dropped) show the values that produced their outputs."""
+    defaults = pipeline.parameter_defaults(source)
+    for key, value in pipeline.notebook_parameters("cpu", source.stem).items():
+        assert defaults.get(key) == value, (
+            f"{source.name}: parameters cell has {key} = {defaults.get(key)!r}, "
+            f"profiles/cpu.yaml has {value!r}"
+        )
+
+
 def test_missing_parameters_cell_is_an_error(tmp_path):
     src = tmp_path / "09_bad.py"
     src.write_text("# %%\nx = 1\n")

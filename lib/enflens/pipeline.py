@@ -162,12 +162,24 @@ def run_notebook(
     return time.perf_counter() - start
 
 
+def parameter_defaults(source: Path) -> dict[str, Any]:
+    """The values the ``parameters`` cell of a notebook source assigns (executed in isolation)."""
+    nb = to_notebook(source)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    namespace: dict[str, Any] = {}
+    exec(compile(cell.source, f"{source.name}:parameters", "exec"), namespace)  # noqa: S102
+    return {k: v for k, v in namespace.items() if k.isupper()}
+
+
 def publish(executed: Path, twin: Path) -> None:
     """Replace the committed ``.ipynb`` twin by the executed notebook (outputs compacted)."""
     import nbformat
 
     nb = compact_outputs(nbformat.read(executed, as_version=4))
     nb.metadata.pop("papermill", None)
+    # The cpu profile's values equal the parameters cell's defaults (a test checks it), so
+    # papermill's injected cell is redundant; dropping it keeps the twin's code equal to the .py.
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     with atomic_path(twin) as tmp:
         nbformat.write(nb, tmp)
 
