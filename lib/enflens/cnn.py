@@ -36,7 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.scipy import ndimage
+
+# Image rotation lives with the pixel-grid convention it is defined in; re-exported here.
+from enflens.grid import rot90_images, rotate_images  # noqa: F401
 
 Array = jax.Array
 GROUP_ORDER = 8  # C8: rotations by multiples of 45 degrees
@@ -50,57 +52,6 @@ def _as_nhwc(images: Array) -> Array:
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
     return images
-
-
-# ----------------------------------------------------------------------------- rotation
-
-
-def _rotate_one(image: Array, angle: Array) -> Array:
-    """Rotate one (H, W, C) image by ``angle`` radians counter-clockwise (bilinear, zero fill)."""
-    h, w, _ = image.shape
-    ys = -1.0 + (2.0 * jnp.arange(h, dtype=jnp.float32) + 1.0) / h
-    xs = -1.0 + (2.0 * jnp.arange(w, dtype=jnp.float32) + 1.0) / w
-    yy, xx = jnp.meshgrid(ys, xs, indexing="ij")  # (H, W) output pixel centres
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    # out(p) = in(R(-angle) p)
-    xsrc = c * xx + s * yy
-    ysrc = -s * xx + c * yy
-    jsrc = ((xsrc + 1.0) * w - 1.0) / 2.0  # fractional column index
-    isrc = ((ysrc + 1.0) * h - 1.0) / 2.0  # fractional row index
-
-    def one_channel(ch: Array) -> Array:
-        return ndimage.map_coordinates(ch, [isrc, jsrc], order=1, mode="constant", cval=0.0)
-
-    return jax.vmap(one_channel, in_axes=-1, out_axes=-1)(image)
-
-
-@jax.jit
-def rotate_images(images: Array, angles: Array) -> Array:
-    """Rotate images counter-clockwise about the image centre, bilinear, zero fill.
-
-    Args:
-        images: (B, H, W) or (B, H, W, C).
-        angles: scalar or (B,) angles in radians (counter-clockwise in the (x, y) plane of
-            :mod:`enflens.grid`).
-
-    Returns:
-        Rotated images, same shape as ``images``, float32. Multiples of 90 degrees on a square
-        image reproduce ``rot90`` up to float rounding.
-    """
-    x = _as_nhwc(images)
-    angles = jnp.broadcast_to(jnp.asarray(angles, jnp.float32), (x.shape[0],))
-    out = jax.vmap(_rotate_one)(x, angles)
-    return out.reshape(jnp.shape(images))
-
-
-def rot90_images(images: Array, k: int = 1) -> Array:
-    """Exact rotation by k * 90 degrees counter-clockwise (same sense as :func:`rotate_images`).
-
-    Args:
-        images: (B, H, W) or (B, H, W, C).
-    """
-    # np.rot90(., -1) on (row=y, col=x) axes is +90 degrees in the (x, y) plane
-    return jnp.rot90(jnp.asarray(images), -k, axes=(1, 2))
 
 
 # ----------------------------------------------------------------------------- ResNet18

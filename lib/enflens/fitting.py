@@ -48,6 +48,7 @@ from flax import nnx
 
 from enflens.geometry import Latents, rotate
 from enflens.grid import image_to_pixels, make_grid
+from enflens.grid import rotate_images as grid_rotate_images
 
 Array = jax.Array
 PyTree = Any
@@ -952,6 +953,9 @@ def encode_dataset(
 def rotate_images(images: Any, angles: Any) -> Array:
     """Rotate images about the centre: out(x) = in(R(-angle) x), bilinear, zero outside.
 
+    :func:`enflens.grid.rotate_images` (the one rotation of the project) with this module's
+    input checks.
+
     Args:
         images: (B, H, W[, C]); angles: (B,) radians (counter-clockwise in the grid convention
             of :mod:`enflens.grid`).
@@ -960,22 +964,7 @@ def rotate_images(images: Any, angles: Any) -> Array:
         (B, H, W, C) float32.
     """
     imgs = jnp.asarray(_check_images(images, "rotate_images(images)"))
-    b, h, w, c = imgs.shape
-    grid = make_grid(h, w)  # (HW, 2)
-    src = rotate(-jnp.asarray(angles, jnp.float32)[:, None], grid[None])  # (B, HW, 2)
-    cols = ((src[..., 0] + 1.0) * w - 1.0) / 2.0
-    rows = ((src[..., 1] + 1.0) * h - 1.0) / 2.0
-
-    def one(img: Array, r: Array, q: Array) -> Array:
-        return jnp.stack(
-            [
-                jax.scipy.ndimage.map_coordinates(img[..., k], [r, q], order=1, cval=0.0)
-                for k in range(c)
-            ],
-            -1,
-        )
-
-    return jax.vmap(one)(imgs, rows, cols).reshape(b, h, w, c)
+    return grid_rotate_images(imgs, jnp.asarray(angles, jnp.float32))
 
 
 def rotation_consistency(

@@ -1,8 +1,7 @@
 """Strong-lensing simulator for the three dark-matter classes, built on lenstronomy.
 
-Replicates the DeepLenseSim recipes (``model_i``, ``model_ii``, ``model_iii``; see
-``/work/shared/RECIPES.md`` section 2) with classes ``no_sub`` (label 0), ``cdm`` (1) and
-``axion`` (2):
+Replicates the DeepLenseSim recipes (``model_i``, ``model_ii``, ``model_iii``; Alexander et al.
+2020, mwt5345/DeepLenseSim) with classes ``no_sub`` (label 0), ``cdm`` (1) and ``axion`` (2):
 
 - main halo: SIE of 1e12 solar masses at z = 0.5, source at z = 1.0, Einstein radius from the
   point-mass formula with the published luminosity-distance convention (about 1.28 arcsec),
