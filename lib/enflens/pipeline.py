@@ -180,6 +180,14 @@ def publish(executed: Path, twin: Path) -> None:
     # The cpu profile's values equal the parameters cell's defaults (a test checks it), so
     # papermill's injected cell is redundant; dropping it keeps the twin's code equal to the .py.
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    source = twin.with_suffix(".py")
+    if source.exists():  # show the source's parameters cell: the values that were injected
+        (src_cell,) = [
+            c for c in to_notebook(source).cells if "parameters" in c.metadata.get("tags", [])
+        ]
+        for cell in nb.cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                cell.source = src_cell.source
     with atomic_path(twin) as tmp:
         nbformat.write(nb, tmp)
 
