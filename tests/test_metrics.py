@@ -10,6 +10,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from enflens import metrics
 from enflens.geometry import Latents
+from enflens.testing import numpy_latents
 
 
 def test_accuracy_hand_cases():
@@ -99,17 +100,8 @@ class _MeanPosition(nnx.Module):
         return jnp.concatenate([m, m[:, :1] * m[:, 1:]], -1)
 
 
-def _latents(rng, b=6, n=9, d=4):
-    return Latents(
-        rng.uniform(-1, 1, (b, n, 2)).astype(np.float32),
-        rng.uniform(0, 2 * np.pi, (b, n)).astype(np.float32),
-        rng.normal(size=(b, n, d)).astype(np.float32),
-        rng.uniform(0.1, 0.3, (b, n)).astype(np.float32),
-    )
-
-
 def test_invariance_error_toy_models():
-    z = _latents(np.random.default_rng(0))
+    z = numpy_latents(np.random.default_rng(0))
     key = jax.random.key(0)
     assert metrics.invariance_error(_SumContexts(), z, key, n=3) == 0.0
     assert metrics.invariance_error(_MeanPosition(), z, key, n=3) > 0.1

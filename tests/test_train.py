@@ -11,7 +11,8 @@ from flax import nnx
 from enflens import train
 from enflens.classifiers import make_classifier
 from enflens.cnn import make_cnn, rotate_images
-from enflens.geometry import Latents, pair_invariants
+from enflens.geometry import pair_invariants
+from enflens.testing import numpy_latents
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:
@@ -107,17 +108,8 @@ def test_predict_batching_and_probabilities():
     assert p.shape == (23, 3) and (p.argmax(-1) == full.argmax(-1)).all()
 
 
-def _latents(rng, b=6, n=9, d=4):
-    return Latents(
-        rng.uniform(-1, 1, (b, n, 2)).astype(np.float32),
-        rng.uniform(0, 2 * np.pi, (b, n)).astype(np.float32),
-        rng.normal(size=(b, n, d)).astype(np.float32),
-        rng.uniform(0.1, 0.3, (b, n)).astype(np.float32),
-    )
-
-
 def test_latent_augmentation():
-    z = _latents(np.random.default_rng(0))
+    z = numpy_latents(np.random.default_rng(0))
     key = jax.random.key(0)
     aug = train.latent_augmentation(random_transform=True, max_translation=0.3)
     za = aug(key, z)
@@ -128,7 +120,7 @@ def test_latent_augmentation():
         pair_invariants(z.positions, z.orientations), atol=1e-5,
     )  # fmt: skip
     np.testing.assert_array_equal(za.contexts, z.contexts)
-    big = _latents(np.random.default_rng(1), b=64, n=16, d=8)
+    big = numpy_latents(np.random.default_rng(1), b=64, n=16, d=8)
     noisy = train.latent_augmentation(
         position_noise=0.01, orientation_noise=0.05, context_noise=0.1
     )(key, big)
@@ -154,7 +146,7 @@ def test_image_augmentation_rotates():
 
 def test_augmented_latent_training_runs():
     rng = np.random.default_rng(0)
-    z, y = _latents(rng, b=24, n=9, d=4), rng.integers(0, 3, 24)
+    z, y = numpy_latents(rng, b=24, n=9, d=4), rng.integers(0, 3, 24)
     m = make_classifier("enf_mlp", context_dim=4, num_latents=9, hidden=16, rngs=_rngs())
     aug = train.latent_augmentation(position_noise=0.01, random_transform=True)
     hist = train.fit(m, (z, y), (z, y), epochs=2, batch_size=8, augment=aug, progress=False)

@@ -180,3 +180,18 @@ def assert_equivariant(
             f"errors {np.array2string(errs, precision=2)})"
         )
     return worst
+
+
+def numpy_latents(rng: np.random.Generator, b: int = 6, n: int = 9, d: int = 4) -> Latents:
+    """Random numpy latents for classifier/trainer tests: positions uniform in [-1, 1]^2,
+    orientations uniform in [0, 2 pi), N(0, 1) contexts, windows uniform in [0.1, 0.3].
+
+    Returns:
+        :class:`Latents` of float32 numpy arrays, shapes (b, n, 2), (b, n), (b, n, d), (b, n).
+    """
+    return Latents(
+        rng.uniform(-1, 1, (b, n, 2)).astype(np.float32),
+        rng.uniform(0, 2 * np.pi, (b, n)).astype(np.float32),
+        rng.normal(size=(b, n, d)).astype(np.float32),
+        rng.uniform(0.1, 0.3, (b, n)).astype(np.float32),
+    )
