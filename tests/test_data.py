@@ -7,14 +7,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from lenstronomy.ImSim.image_model import ImageModel
-from lenstronomy.LensModel.lens_model import LensModel
-from lenstronomy.LightModel.light_model import LightModel
-from lenstronomy.SimulationAPI.data_api import DataAPI
-from lenstronomy.SimulationAPI.observation_api import SingleBand
 
 from enflens import data as D
 from enflens import lensing as L
+from enflens.testing import lenstronomy_render
 
 N, NV, NT = 4, 2, 1  # per class
 
@@ -72,16 +68,8 @@ def test_stored_sample_equals_lenstronomy_render_of_its_kwargs(store, split, ind
     s = D.load(one, split)
     assert p["label"] == s.labels[index]
     assert (p["m_a"] is not None) == (p["label"] == 2)
-    api = DataAPI(p["num_pix"], **p["kwargs_band"])
-    model = ImageModel(
-        api.data_class,
-        api.psf_class,
-        lens_model_class=LensModel(p["lens_model_list"]),
-        source_model_class=LightModel(p["source_model_list"]),
-        kwargs_numerics=p["kwargs_numerics"],
-    )
-    clean = model.image(p["kwargs_lens"], p["kwargs_source"])
-    raw = clean + SingleBand(**p["kwargs_band"]).noise_for_model(clean, seed=p["noise_seed"])
+    clean = lenstronomy_render(p, noise=False)
+    raw = lenstronomy_render(p)
     np.testing.assert_array_equal(raw.max(), s.image_scale[index])
     want = (np.clip(raw, 0, None) / raw.max()).astype(np.float32)
     np.testing.assert_array_equal(want, s.images[index])

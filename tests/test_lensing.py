@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lenstronomy.ImSim.image_model import ImageModel
-from lenstronomy.LensModel.lens_model import LensModel
-from lenstronomy.LightModel.light_model import LightModel
 from lenstronomy.SimulationAPI.data_api import DataAPI
-from lenstronomy.SimulationAPI.observation_api import SingleBand
 
 from enflens import lensing as L
+from enflens.testing import lenstronomy_render
 
 
 def _draws(label: int, n: int, recipe: str = "model_ii") -> list[L.SampleDraw]:
@@ -108,27 +105,12 @@ def test_same_seed_same_image_other_index_differs():
     assert da.label == 5 % 3
 
 
-def _lenstronomy_render(p: dict) -> np.ndarray:
-    """Independent render of a description with lenstronomy's own classes."""
-    api = DataAPI(p["num_pix"], **p["kwargs_band"])
-    model = ImageModel(
-        api.data_class,
-        api.psf_class,
-        lens_model_class=LensModel(p["lens_model_list"]),
-        source_model_class=LightModel(p["source_model_list"]),
-        kwargs_numerics=p["kwargs_numerics"],
-    )
-    image = model.image(p["kwargs_lens"], p["kwargs_source"])
-    band = SingleBand(**p["kwargs_band"])
-    return image + band.noise_for_model(image, seed=p["noise_seed"])
-
-
 @pytest.mark.parametrize("recipe,label", [("model_ii", 1), ("model_iii", 2), ("model_i", 1)])
 def test_simulator_equals_lenstronomy_render(recipe, label):
     sim = L.Simulator(recipe)
     raw, draw = sim.sample(11, 0, label)
     p = L.describe(recipe, draw)
-    np.testing.assert_array_equal(raw, _lenstronomy_render(p))
+    np.testing.assert_array_equal(raw, lenstronomy_render(p))
     np.testing.assert_array_equal(raw, L.render(p, noise=True))
     clean = L.render(p, noise=False)
     assert raw.shape == clean.shape == (sim.recipe.num_pix,) * 2
