@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m enflens.pipeline run --profile $(PROFILE)
+	$(PY) -m enflens.study.pipeline run --profile $(PROFILE)
 
 smoke: $(STAMP)
-	$(PY) -m enflens.pipeline run --profile smoke
+	$(PY) -m enflens.study.pipeline run --profile smoke
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests bench notebooks

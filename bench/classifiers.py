@@ -1,7 +1,9 @@
 """Classifier throughput on CPU: median training-step and inference times per model (defaults).
 
-For every model of :mod:`enflens.classifiers` and :mod:`enflens.cnn` with its default config,
-builds one jitted training step exactly as :func:`enflens.train.fit` does (AdamW, BatchNorm in
+For every model of :mod:`enflens.classify.latent_models` and
+:mod:`enflens.classify.image_models` with its default config,
+builds one jitted training step exactly as :func:`enflens.classify.train.fit` does (AdamW,
+BatchNorm in
 training mode), compiles it once, then times ``--repeats`` steps on a random batch and prints
 the median seconds per step, examples per second, the extrapolated seconds per epoch of
 ``--epoch-size`` examples, and the median evaluation time per example. CPU-seconds per step
@@ -22,10 +24,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from enflens.classifiers import CLASSIFIER_CONFIGS, count_params, make_classifier
-from enflens.cnn import CNN_CONFIGS, make_cnn
+from enflens.classify.image_models import CNN_CONFIGS, make_cnn
+from enflens.classify.latent_models import CLASSIFIER_CONFIGS, make_classifier
+from enflens.classify.train import TrainConfig, make_optimizer, predict
 from enflens.geometry import Latents
-from enflens.train import TrainConfig, make_optimizer, predict
+from enflens.nn import count_params
 
 
 def _inputs(name: str, args: argparse.Namespace, rng: np.random.Generator):

@@ -7,7 +7,7 @@ For k = 4, 9 and all latents, at 64x64 and 150x150 pixels, batch 32 (default con
   decoder (``block_until_ready``), and the median process CPU seconds per batch;
 * memory: XLA's compiled temporary-buffer size (``memory_analysis().temp_size_in_bytes``) of a
   one-shot decode of the whole batch. When it exceeds ``--max-temp-gib`` the timing is done with
-  :func:`enflens.enf.decode_chunked` (the chunk size and its temp size are printed) instead;
+  :func:`enflens.fields.enf.decode_chunked` (the chunk size and its temp size are printed) instead;
 * latent-gradient throughput (the Meta-SGD inner step): ``value_and_grad`` of an MSE w.r.t. the
   latents on 1024 random pixels per image, pixels per second.
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from enflens.enf import ENFConfig, ENFDecoder, decode_chunked
+from enflens.fields.enf import ENFConfig, ENFDecoder, decode_chunked
 from enflens.grid import make_grid
 from enflens.testing import random_coords, random_latents
 

@@ -2,13 +2,13 @@
 
 For the ENF (default cpu-profile config: hidden 64, k_nearest 4, 25 latents of dimension 32) and
 the CNF baseline with the same number of latent floats, in second- and first-order mode, with the
-default :class:`enflens.fitting.MetaConfig` (batch 8, 3 inner steps on 256 stratified pixels,
+default :class:`enflens.outer.MetaConfig` (batch 8, 3 inner steps on 256 stratified pixels,
 outer loss on 512 pixels). Prints medians over repeats (after compilation), wall-clock and per
 CPU-second (cores shared with other jobs dilute wall-clock rates, not CPU-second rates).
 
 Optionally (``--quality SECONDS``) meta-trains each model for that long on freshly simulated
 Model II images and reports validation PSNR after 0..3 inner steps (encoding with 1024 pixels
-per inner step, as :func:`enflens.fitting.encode` does by default, and with all pixels).
+per inner step, as :func:`enflens.encode_mod.encode` does by default, and with all pixels).
 
     python bench/fitting.py [--models enf cnf] [--repeats 5] [--quality 200]
 """
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from enflens import fitting as F
-from enflens.cnf import CNFConfig, cnf_latent_dim_matching_enf
-from enflens.enf import ENFConfig
+from enflens.fields import adapters
+from enflens.fields.cnf import CNFConfig, cnf_latent_dim_matching_enf
+from enflens.fields.enf import ENFConfig
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn import outer
 
 ENF_CPU = ENFConfig(hidden=64, k_nearest=4)
 CNF_CPU = CNFConfig(
@@ -37,8 +39,8 @@ CNF_CPU = CNFConfig(
 OUTER_LR = {"enf": 1e-2, "cnf": 3e-4}
 
 
-def make_adapter(model: str) -> F.FieldAdapter:
-    return F.enf_adapter(ENF_CPU) if model == "enf" else F.cnf_adapter(CNF_CPU)
+def make_adapter(model: str) -> adapters.FieldAdapter:
+    return adapters.enf_adapter(ENF_CPU) if model == "enf" else adapters.cnf_adapter(CNF_CPU)
 
 
 def simulated(n_per_class: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,14 +67,14 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 def bench_speed(model: str, images: np.ndarray, repeats: int) -> None:
     adapter = make_adapter(model)
-    print(f"\n{model}: {F.latent_floats(adapter)} latent floats per image")
+    print(f"\n{model}: {adapters.latent_floats(adapter)} latent floats per image")
     for first_order in (False, True):
-        cfg = F.MetaConfig(first_order=first_order, outer_lr=OUTER_LR[model])
-        holder = {"state": F.init_state(adapter, cfg)}
+        cfg = outer.MetaConfig(first_order=first_order, outer_lr=OUTER_LR[model])
+        holder = {"state": outer.init_state(adapter, cfg)}
         batch = images[: cfg.batch_size]
 
         def step(cfg=cfg, holder=holder, batch=batch):
-            holder["state"], loss = F.train_step(adapter, cfg, holder["state"], batch)
+            holder["state"], loss = outer.train_step(adapter, cfg, holder["state"], batch)
             loss.block_until_ready()
 
         t0 = time.perf_counter()
@@ -91,7 +93,7 @@ def bench_speed(model: str, images: np.ndarray, repeats: int) -> None:
         chunk = images[:n]
 
         def enc(chunk=chunk, pixels=pixels):
-            F.encode(adapter, params, chunk, pixels=pixels, batch_size=n, progress=False)
+            encode_mod.encode(adapter, params, chunk, pixels=pixels, batch_size=n, progress=False)
 
         wall, cpu = timed(enc, max(1, repeats // 2))
         print(
@@ -102,17 +104,18 @@ def bench_speed(model: str, images: np.ndarray, repeats: int) -> None:
 
 def bench_quality(model: str, train: np.ndarray, val: np.ndarray, seconds: float) -> None:
     adapter = make_adapter(model)
-    cfg = F.MetaConfig(outer_lr=OUTER_LR[model])
-    probe = F.init_state(adapter, cfg)
-    wall, _ = timed(lambda: F.train_step(adapter, cfg, probe, train[:8])[1].block_until_ready(), 3)
+    cfg = outer.MetaConfig(outer_lr=OUTER_LR[model])
+    probe = outer.init_state(adapter, cfg)
+    step = lambda: outer.train_step(adapter, cfg, probe, train[:8])[1].block_until_ready()  # noqa: E731
+    wall, _ = timed(step, 3)
     steps = max(20, int(seconds / wall))
     cfg = dataclasses.replace(cfg, num_steps=steps, checkpoint_every=0, eval_every=0)
     t0 = time.perf_counter()
-    result = F.meta_train(adapter, train, cfg, progress=False)
+    result = outer.meta_train(adapter, train, cfg, progress=False)
     took = time.perf_counter() - t0
     line = []
     for pixels in (1024, None):
-        scores = F.psnr_per_step(adapter, result.state.params, val, cfg, pixels=pixels)
+        scores = encode_mod.psnr_per_step(adapter, result.state.params, val, cfg, pixels=pixels)
         line.append(f"{pixels or 'all'} px: " + " ".join(f"{v:.2f}" for v in scores.mean(1)))
     print(
         f"  {model}: {steps} outer steps ({steps * cfg.batch_size / len(train):.2f} epochs) in "

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from enflens import data, lensing
+from enflens import data
+from enflens.data import lensing
 
 FULL_MODEL_II_IMAGES = 3 * (30_000 + 3_000 + 5_000)
 TARGET_SECONDS = 300.0

@@ -36,7 +36,7 @@
 # | 1 | `cdm` | cold dark matter: 25 point-mass subhalos, masses $10^6$–$10^{10}\,M_\odot$ |
 # | 2 | `axion` | ultra-light axion DM: a *vortex*, a line of mass (longer for lighter $m_a$) |
 #
-# The simulator is `enflens.lensing` (built on
+# The simulator is `enflens.data.lensing` (built on
 # [lenstronomy](https://github.com/lenstronomy/lenstronomy), the engine DeepLenseSim uses), the
 # dataset store `enflens.data`. This notebook shows what the data look like and builds the
 # study dataset the later notebooks read.
@@ -59,9 +59,10 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from enflens import data, lensing
-from enflens.cache import is_cached, record_params
-from enflens.results import save_results, savefig
+from enflens import data
+from enflens.data import lensing
+from enflens.study.cache import is_cached, record_params
+from enflens.study.results import save_results, savefig
 
 CLASSES = lensing.CLASS_NAMES
 

@@ -59,7 +59,7 @@
 # | `isotropic` | $\lVert x - p_i\rVert$ | SE(2) (and reflections); orientations ignored |
 # | `absolute` | $x$ | nothing: the **negative control** |
 #
-# ## The decoder (`enflens.enf.ENFDecoder`)
+# ## The decoder (`enflens.fields.enf.ENFDecoder`)
 #
 # For a pixel $x$ and its $k$ nearest latents $i\in\mathcal{N}_k(x)$ (nearest by
 # $\lVert x-p_i\rVert$, itself invariant, so the same latents are selected for $(gx,gz)$):
@@ -111,10 +111,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from enflens.enf import EQUIVARIANT_GROUPS, ENFConfig, ENFDecoder, count_params
+from enflens.fields.enf import EQUIVARIANT_GROUPS, ENFConfig, ENFDecoder
 from enflens.geometry import SE2
 from enflens.grid import make_grid
-from enflens.results import save_results, savefig
+from enflens.nn import count_params
+from enflens.study.results import save_results, savefig
 from enflens.testing import act, equivariance_error, random_coords, random_latents
 
 BI_INVARIANTS = ["translation", "roto_translation", "isotropic", "absolute"]

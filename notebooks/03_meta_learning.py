@@ -45,7 +45,7 @@
 # and one learned context vector shared by all latents (`enflens.fitting`), so the starting
 # cloud carries no image-specific information.
 #
-# **The baseline** is a Functa-style conditional neural field (`enflens.cnf`): a SIREN whose
+# **The baseline** is a Functa-style conditional neural field (`enflens.fields.cnf`): a SIREN whose
 # layers are shifted by a linear function of one global latent *vector*, fitted by the same
 # Meta-SGD loop. It gets exactly as many latent floats per image as the ENF (positions +
 # orientations + contexts), and the same wall-time training budget.
@@ -64,15 +64,15 @@ N_TEST = 1000
 DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 SEED = 0  # decoder initialisation, data order and pixel subsets
-# ENF decoder (enflens.enf.ENFConfig fields) and its Meta-SGD adapter (enflens.fitting.enf_adapter):
+# ENF decoder (enflens.fields.enf.ENFConfig fields) and its Meta-SGD adapter (enflens.adapters.enf_adapter):
 # the cpu-sized decoder (hidden 64, k = 4) and the rates that trained it fastest (bench/fitting.py)
 ENF_CONFIG = {"num_latents": 25, "latent_dim": 32, "hidden": 64, "num_heads": 2, "k_nearest": 4,
               "num_rff": 32}  # fmt: skip
 ENF_ADAPTER = {"lr_positions": 1.0, "lr_orientations": 1.0, "lr_contexts": 150.0}
-# CNF decoder (enflens.cnf.CNFConfig fields); latent_dim is set to the ENF's latent floats
+# CNF decoder (enflens.fields.cnf.CNFConfig fields); latent_dim is set to the ENF's latent floats
 CNF_CONFIG = {"hidden": 128, "num_layers": 3, "w0": 30.0}
 CNF_ADAPTER = {"lr_init": 1.0}
-# Meta-SGD settings (enflens.fitting.MetaConfig fields) of both models, then per-model changes
+# Meta-SGD settings (enflens.outer.MetaConfig fields) of both models, then per-model changes
 # (the SIREN CNF needs a much lower outer rate than the ENF)
 META = {"inner_steps": 3, "inner_pixels": 256, "outer_pixels": 512, "batch_size": 8,
         "outer_lr": 1e-2, "lr_lr": 1e-2, "warmup_steps": 50, "first_order": False}  # fmt: skip
@@ -92,12 +92,17 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from enflens import data, fit_eval, fitting
-from enflens.cache import is_cached, record_params, stage_path
-from enflens.cnf import CNFConfig
-from enflens.enf import ENFConfig
-from enflens.latent_store import read_latent_store
-from enflens.results import repo_path, save_results, savefig
+from enflens import data, grid
+from enflens.data import renders
+from enflens.evaluate import rotation
+from enflens.fields import adapters
+from enflens.fields.cnf import CNFConfig
+from enflens.fields.enf import ENFConfig
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn import outer
+from enflens.metalearn.latent_store import read_latent_store
+from enflens.study.cache import is_cached, record_params, stage_path
+from enflens.study.results import repo_path, save_results, savefig
 from enflens.viz import show_image
 
 KINDS = ("enf", "cnf")
@@ -127,21 +132,21 @@ for s, d in splits.items():
 # number of floats the ENF fits per image, $N\,(2 + 1 + D)$.
 
 # %%
-enf_adapter = fitting.enf_adapter(ENFConfig(**ENF_CONFIG), seed=SEED, **ENF_ADAPTER)
-n_floats = fitting.latent_floats(enf_adapter)
-cnf_adapter = fitting.cnf_adapter(
+enf_adapter = adapters.enf_adapter(ENFConfig(**ENF_CONFIG), seed=SEED, **ENF_ADAPTER)
+n_floats = adapters.latent_floats(enf_adapter)
+cnf_adapter = adapters.cnf_adapter(
     CNFConfig(**{**CNF_CONFIG, "latent_dim": n_floats}), seed=SEED, **CNF_ADAPTER
 )
 adapters = {"enf": enf_adapter, "cnf": cnf_adapter}
 meta_cfgs = {
-    k: fitting.MetaConfig(
+    k: outer.MetaConfig(
         **{**META, **META_OVERRIDES.get(k, {})}, seed=SEED, eval_images=EVAL_IMAGES
     )
     for k in KINDS
 }
 n_params = {k: int(sum(x.size for x in jax.tree.leaves(a.params))) for k, a in adapters.items()}
 for k, a in adapters.items():
-    print(f"{k}: {n_params[k]:,} decoder parameters, {fitting.latent_floats(a)} latent floats")
+    print(f"{k}: {n_params[k]:,} decoder parameters, {adapters.latent_floats(a)} latent floats")
     print(f"     {json.dumps(a.model_config)}")
 print(meta_cfgs["enf"])
 
@@ -150,7 +155,7 @@ print(meta_cfgs["enf"])
 #
 # Each model gets `TRAIN_SECONDS` of wall time. The learning-rate schedule (warm-up, then cosine
 # decay) needs the number of outer steps in advance, so `fit_eval.meta_train_for` first times a
-# few steps and then runs `fitting.meta_train` for as many steps as fit the budget; a tenth of
+# few steps and then runs `outer.meta_train` for as many steps as fit the budget; a tenth of
 # the budget is left for the validation PSNR logged along the way (on `EVAL_IMAGES` images).
 #
 # **Caching.** The trained decoder is an orbax checkpoint at
@@ -192,13 +197,13 @@ for kind in KINDS:
             "outer_steps": run.config.num_steps,
             "calibration_steps_per_second": run.calibration_steps_per_second,
         }
-        fitting.save_trained(path, adapters[kind], run.result.state.params, image_shape, extra)
+        adapters.save_trained(path, adapters[kind], run.result.state.params, image_shape, extra)
         record_params(path, params)
     decoder_paths[kind] = path
     print(f"{kind}: {'reused' if reused[f'{kind}_decoder'] else 'trained'} {path.name}")
 
 # The rest of the notebook uses the decoders as stored (identical whether trained or reused).
-models = {k: fitting.load_trained(p) for k, p in decoder_paths.items()}  # (adapter, params, meta)
+models = {k: adapters.load_trained(p) for k, p in decoder_paths.items()}  # (adapter, params, meta)
 for kind, (_, params, meta) in models.items():
     rates = jax.tree.map(lambda a: float(np.mean(a)), models[kind][0].inner_rates(params))
     print(
@@ -215,7 +220,7 @@ for kind, (_, params, meta) in models.items():
 # The right-hand column is the comparison at **equal training time**.
 
 # %%
-hist = {k: fit_eval.history_table(m[2]["history"]) for k, m in models.items()}
+hist = {k: outer.history_table(m[2]["history"]) for k, m in models.items()}
 fig, axes = plt.subplots(2, 2, figsize=(11, 7), layout="constrained")
 for kind, h in hist.items():
     kw = {"color": COLORS[kind], "label": kind.upper()}
@@ -242,7 +247,7 @@ savefig(fig, "03_meta_learning_training")
 #
 # Each split is encoded with the trained decoder: $K$ inner steps from the learned
 # initialisation, `FIT["pixels"]` pixels per step (as in training), `FIT["batch_size"]` images
-# per jitted call. A store (`enflens.latent_store`) keeps the latents, labels, the PSNR of each
+# per jitted call. A store (`enflens.metalearn.latent_store`) keeps the latents, labels, the PSNR of each
 # fit and the hash of its decoder; its file name carries a hash of the decoder hash, the split
 # and these settings, so a rerun reuses it.
 
@@ -264,7 +269,7 @@ for kind, (adapter, params, meta) in models.items():
         reused[f"{kind}_{split}"] = is_cached(path)
         if not reused[f"{kind}_{split}"]:
             t0 = time.perf_counter()
-            fitting.encode_dataset(
+            encode_mod.encode_dataset(
                 adapter, params, d.images, d.labels, path,
                 decoder_path=str(decoder_paths[kind].relative_to(repo_path())),
                 decoder_hash=meta["hash"], decoder_image_shape=image_shape,
@@ -294,7 +299,7 @@ for kind, (adapter, params, _) in models.items():
     times = []
     for rep in range(4):
         t0 = time.perf_counter()
-        _, s = fitting.fit_latents(
+        _, s = encode_mod.fit_latents(
             adapter, params, batch, steps=K, pixels=FIT["pixels"], sampling=FIT["sampling"],
             key=jax.random.PRNGKey(rep),
         )  # fmt: skip
@@ -318,15 +323,15 @@ n_clean = min(N_CLEAN, len(splits["val"]))
 idx = np.arange(n_clean)
 noisy = splits["val"].images[idx]
 t0 = time.perf_counter()
-clean = fit_eval.noise_free_images(ds_path, "val", idx)
-noise_floor = fit_eval.psnr_np(noisy, clean)
+clean = renders.noise_free_images(ds_path, "val", idx)
+noise_floor = grid.psnr(noisy, clean)
 print(
     f"re-rendered {n_clean} noise-free images in {time.perf_counter() - t0:.1f} s; "
     f"noisy vs noise-free: {noise_floor.mean():.1f} dB (median {np.median(noise_floor):.1f})"
 )
 curves = {}
 for kind, (adapter, params, _) in models.items():
-    curves[kind] = fit_eval.psnr_path(
+    curves[kind] = encode_mod.psnr_path(
         adapter, params, noisy, {"clean": clean}, steps=K, pixels=FIT["pixels"],
         sampling=FIT["sampling"], batch_size=FIT["batch_size"], seed=SEED,
     )  # fmt: skip
@@ -376,7 +381,7 @@ first = np.resize(noisy[:bs], (bs, *noisy.shape[1:]))  # the first encoding batc
 show = [int(np.flatnonzero(splits["val"].labels[: min(bs, n_clean)] == c)[0]) for c in range(3)]
 recs = {}
 for kind, (adapter, params, _) in models.items():
-    _, path_recs = fit_eval.fit_path(
+    _, path_recs = encode_mod.fit_path(
         adapter, params, first, steps=K, pixels=FIT["pixels"], sampling=FIT["sampling"],
         key=jax.random.fold_in(jax.random.PRNGKey(SEED), 0),  # as batch 0 of the encoding
     )  # fmt: skip
@@ -394,7 +399,7 @@ for r, i in enumerate(show):
         if r == 0:
             ax.set_title(cols[c], fontsize=9)
         if c in (2, 4):
-            ax.set_xlabel(f"{fit_eval.psnr_np(img[None], clean[i][None])[0]:.1f} dB", fontsize=8)
+            ax.set_xlabel(f"{grid.psnr(img[None], clean[i][None])[0]:.1f} dB", fontsize=8)
     axes[r, 0].set_ylabel(CLASSES[splits["val"].labels[i]])
 fig.colorbar(im, ax=axes[:, 5], shrink=0.6, label="residual")
 savefig(fig, "03_meta_learning_reconstructions")
@@ -404,7 +409,7 @@ savefig(fig, "03_meta_learning_reconstructions")
 #
 # Rotate an image by a random angle $a$ and fit it again: $z_r = \mathrm{fit}(I \circ R_{-a})$.
 # For an equivariant model *and* an equivariant fitting procedure, the field of $z_r$ is the
-# rotated field of $z = \mathrm{fit}(I)$. `fitting.rotation_consistency` measures the PSNR
+# rotated field of $z = \mathrm{fit}(I)$. `rotation.rotation_consistency` measures the PSNR
 # between $f(x; z_r)$ and $f(R_{-a}x; z)$ inside the inscribed disk (corners leave the frame).
 # The ENF decoder is exactly equivariant, but the inner loop starts from the *same* grid of
 # latents (orientations 0) for every image, which is only symmetric under multiples of
@@ -415,7 +420,7 @@ n_rot = min(N_ROTATION, len(splits["val"]))
 angles = np.random.default_rng(SEED).uniform(0.0, 2 * np.pi, n_rot)
 rotation = {}
 for kind, (adapter, params, _) in models.items():
-    rc = fitting.rotation_consistency(
+    rc = rotation.rotation_consistency(
         adapter, params, splits["val"].images[:n_rot], angles, steps=K, pixels=FIT["pixels"],
         key=jax.random.PRNGKey(SEED),
     )  # fmt: skip
@@ -461,7 +466,7 @@ results = {
     "train_seconds": {k: m[2]["train_seconds"] for k, m in models.items()},
     "train_budget_seconds": TRAIN_SECONDS,
     "outer_steps": {k: m[2]["outer_steps"] for k, m in models.items()},
-    "latent_floats": {k: fitting.latent_floats(m[0]) for k, m in models.items()},
+    "latent_floats": {k: adapters.latent_floats(m[0]) for k, m in models.items()},
     "decoder_params": n_params,
     "model_configs": {k: m[0].model_config for k, m in models.items()},
     "meta_configs": {k: m[2]["meta_config"] for k, m in models.items()},

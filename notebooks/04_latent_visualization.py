@@ -57,10 +57,15 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from enflens import data, fit_eval, fitting, lensing, study
+from enflens import data, grid
+from enflens.data import lensing
+from enflens.evaluate import rotation
+from enflens.fields import adapters
 from enflens.geometry import SE2, Latents
-from enflens.latent_store import read_latent_store
-from enflens.results import repo_path, save_results, savefig
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn.latent_store import read_latent_store
+from enflens.study import classifiers as study_clf
+from enflens.study.results import repo_path, save_results, savefig
 from enflens.viz import draw_latents, draw_paths, show_image, unbatch
 
 t_notebook = time.perf_counter()
@@ -75,8 +80,8 @@ CLASS_COLORS = ["tab:green", "tab:red", "tab:purple"]
 
 # %%
 ds_path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
-meta03 = study.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
-adapter, params, dec_meta = fitting.load_trained(meta03.decoders["enf"])
+meta03 = study_clf.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
+adapter, params, dec_meta = adapters.load_trained(meta03.decoders["enf"])
 stores = {
     s: read_latent_store(p, expected_hash=dec_meta["hash"], expected_kind="enf")
     for s, p in meta03.latent_stores["enf"].items()
@@ -84,7 +89,7 @@ stores = {
 val = data.load(ds_path, "val", recipe=RECIPE)
 assert np.array_equal(stores["val"].labels, val.labels)
 CLASSES = val.class_names
-settings = study.encoding_settings(meta03.latent_stores["enf"]["val"])
+settings = study_clf.encoding_settings(meta03.latent_stores["enf"]["val"])
 BS = int(stores["val"].attrs.get("batch_size", 64))  # images per encoding call
 K = settings["steps"]
 H = val.images.shape[1]
@@ -122,7 +127,7 @@ savefig(fig, "04_latent_visualization_clouds")
 # %%
 batch_idx = np.arange(min(BS, len(val)))
 batch = np.resize(val.images[batch_idx], (BS, H, H))
-path_lat, path_rec = fit_eval.fit_path(
+path_lat, path_rec = encode_mod.fit_path(
     adapter, params, batch, steps=K, pixels=settings["pixels"], sampling=settings["sampling"],
     key=jax.random.fold_in(jax.random.PRNGKey(settings["seed"]), 0),
 )  # fmt: skip
@@ -149,7 +154,7 @@ for c in range(3):
     show_image(axes[0, c], batch[j])
     draw_paths(axes[0, c], path_lat.positions[:, j], color="cyan")
     axes[0, c].set_title(CLASSES[c])
-    psnrs = fit_eval.psnr_np(path_rec[:, j, ..., 0], np.repeat(batch[j][None], K + 1, 0))
+    psnrs = grid.psnr(path_rec[:, j, ..., 0], np.repeat(batch[j][None], K + 1, 0))
     axes[1, c].plot(np.arange(K + 1), psnrs, "o-", color=CLASS_COLORS[c])
     axes[1, c].set_xlabel("inner step")
     axes[1, c].set_xticks(np.arange(K + 1))
@@ -162,7 +167,7 @@ savefig(fig, "04_latent_visualization_inner_steps")
 # For an image $I$ with fitted latents $z$ and a rotation $g$ by angle $a$, the equivariant
 # ENF decodes the rotated latents $g z$ (positions $R_a p_i$, orientations $\theta_i + a$) into
 # exactly the rotated field. Whether *fitting* the rotated image $I \circ g^{-1}$
-# (`fitting.rotate_images`, bilinear) also returns $\approx g z$ depends on the fitting
+# (`grid.rotate_images`, bilinear) also returns $\approx g z$ depends on the fitting
 # procedure, and we measure it. Matching: each latent of $g z$ still inside the frame (a
 # rotation by a non-multiple of $90°$ moves the corners out) is paired with the nearest latent of
 # the new fit; we report the mean position error in pixels and orientation error in degrees.
@@ -181,13 +186,13 @@ savefig(fig, "04_latent_visualization_inner_steps")
 rng = np.random.default_rng(SEED)
 n_pose = min(N_POSE, BS, len(val))
 angles = rng.uniform(0.0, 2 * np.pi, BS)
-rotated = np.asarray(fitting.rotate_images(batch, angles))[..., 0]  # (BS, H, W)
+rotated = np.asarray(grid.rotate_images(batch, angles))[..., 0]  # (BS, H, W)
 key0 = jax.random.fold_in(jax.random.PRNGKey(settings["seed"]), 0)
 fit_kw = {"steps": K, "pixels": settings["pixels"], "sampling": settings["sampling"], "key": key0}
-z_std, rec_std = fit_eval.fit_path(adapter, params, rotated, **fit_kw)
+z_std, rec_std = encode_mod.fit_path(adapter, params, rotated, **fit_kw)
 g = SE2(jax.numpy.asarray(angles, "float32"), jax.numpy.zeros((BS, 2), "float32"))
 init_rot = adapter.expand(params["init"], BS).transform(g)
-z_rot, rec_rot = fit_eval.fit_path(adapter, params, rotated, latents0=init_rot, **fit_kw)
+z_rot, rec_rot = encode_mod.fit_path(adapter, params, rotated, latents0=init_rot, **fit_kw)
 z_orig = jax.tree.map(lambda a: a[-1], path_lat)  # stored latents of the batch, (BS, ...)
 z_goal = jax.tree.map(np.asarray, z_orig.transform(g))  # g z
 
@@ -195,7 +200,7 @@ z_goal = jax.tree.map(np.asarray, z_orig.transform(g))  # g z
 def pose_stats(fitted: Latents, reference: Latents) -> dict:
     pos, ori, kept = [], [], []
     for i in range(n_pose):
-        m = fit_eval.match_poses(unbatch(reference, i), unbatch(fitted, i))
+        m = rotation.match_poses(unbatch(reference, i), unbatch(fitted, i))
         pos.append(m["position"].mean() * PX)
         ori.append(np.degrees(m["orientation"].mean()))
         kept.append(m["kept"].sum())
@@ -213,8 +218,8 @@ for name, s in stats.items():
           f"orientation {s['orientation_deg'].mean():6.1f} deg (mean over {n_pose} images, "
           f"{s['kept'].mean():.1f} latents kept per image)")  # fmt: skip
 rec_psnr = {
-    "standard_init": float(fit_eval.psnr_np(rec_std[-1, :n_pose, ..., 0], rotated[:n_pose]).mean()),
-    "rotated_init": float(fit_eval.psnr_np(rec_rot[-1, :n_pose, ..., 0], rotated[:n_pose]).mean()),
+    "standard_init": float(grid.psnr(rec_std[-1, :n_pose, ..., 0], rotated[:n_pose]).mean()),
+    "rotated_init": float(grid.psnr(rec_rot[-1, :n_pose, ..., 0], rotated[:n_pose]).mean()),
 }
 print("PSNR of the fits of the rotated images:", rec_psnr)
 
@@ -241,7 +246,7 @@ for ax, (name, fitted) in zip(
         ax.set_title(f"rotated by {a_deg:.0f} deg, latents g z")
         continue
     f = unbatch(fitted, demo)
-    m = fit_eval.match_poses(goal, f)
+    m = rotation.match_poses(goal, f)
     draw_latents(ax, f, color="yellow", windows=False)
     gp = np.asarray(goal.positions)[m["kept"]]
     for p, q in zip(gp, np.asarray(f.positions)[m["index"]], strict=True):
@@ -249,7 +254,7 @@ for ax, (name, fitted) in zip(
     ax.set_title(f"{name} (yellow): {m['position'].mean() * PX:.1f} px, "
                  f"{np.degrees(m['orientation'].mean()):.0f} deg", fontsize=9)  # fmt: skip
 savefig(fig, "04_latent_visualization_rotation")
-m_demo = fit_eval.match_poses(goal, unbatch(z_std_k, demo))
+m_demo = rotation.match_poses(goal, unbatch(z_std_k, demo))
 pose_error = {
     "angle_deg": a_deg,
     "position_px": float(m_demo["position"].mean() * PX),

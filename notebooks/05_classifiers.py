@@ -31,8 +31,8 @@
 # * the same rotation-robustness measures for every model.
 #
 # The orchestration (loading, training with caching, metrics, rotations) lives in
-# `enflens.study`; the models in `enflens.classifiers` and `enflens.cnn`; the trainer in
-# `enflens.train`.
+# `enflens.study`; the models in `enflens.classify.latent_models` and `enflens.classify.image_models`; the trainer in
+# `enflens.classify.train`.
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -70,7 +70,7 @@ LEARNING_RATE = {
     "c8_gcnn": 1e-3,
 }
 MODEL_CONFIGS = {}  # per-model overrides of the config dataclasses (defaults otherwise)
-AUGMENT = {}  # per input kind ("enf", "cnf", "image") overrides of study.DEFAULT_AUGMENT
+AUGMENT = {}  # per input kind ("enf", "cnf", "image") overrides of registry.DEFAULT_AUGMENT
 BATCH_SIZE = 64
 PATIENCE = 10
 SEED = 0
@@ -85,18 +85,22 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from enflens import data, study
-from enflens.cache import is_cached
+from enflens import data
 from enflens.checkpoint import read_decoder_meta
-from enflens.classifiers import count_params
-from enflens.report import PUBLISHED_ANCHORS
-from enflens.results import repo_path, save_results, savefig
-from enflens.train import take
+from enflens.classify import registry
+from enflens.classify.train import take
+from enflens.evaluate import metrics, rotation
+from enflens.nn import count_params
+
+
+from enflens.study.cache import is_cached
+from enflens.study.report import PUBLISHED_ANCHORS
+from enflens.study.results import repo_path, save_results, savefig
 
 T_START = time.perf_counter()
-CLASSES = study.CLASS_NAMES
+CLASSES = metrics.CLASS_NAMES
 CACHE_DIR = repo_path("checkpoints", "classifiers")
-COLORS = dict(zip(study.MODEL_NAMES, plt.get_cmap("tab10").colors, strict=False))
+COLORS = dict(zip(registry.MODEL_NAMES, plt.get_cmap("tab10").colors, strict=False))
 
 # %% [markdown]
 # ## Inputs
@@ -109,19 +113,19 @@ COLORS = dict(zip(study.MODEL_NAMES, plt.get_cmap("tab10").colors, strict=False)
 dataset_path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
 if not is_cached(dataset_path):
     raise FileNotFoundError(f"{dataset_path} not found: run notebook 01 with profile {PROFILE}")
-meta03 = study.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
+meta03 = study_clf.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
 decoder_hash = {}
 for kind, path in meta03.decoders.items():
     decoder_meta = read_decoder_meta(path)
     decoder_hash[kind] = decoder_meta["hash"]
     print(f"{kind} decoder {path.relative_to(repo_path())}: {decoder_meta['model_config']}")
 
-kinds = sorted({study.input_kind(m) for m in MODELS})
+kinds = sorted({registry.input_kind(m) for m in MODELS})
 inputs = {}  # kind -> split -> (x, y)
 for kind in kinds:
     name = {"enf": "enf_mlp", "cnf": "cnf_mlp", "image": "resnet18"}[kind]
     inputs[kind] = {
-        split: study.load_inputs(
+        split: study_clf.load_inputs(
             name,
             split,
             dataset_path=dataset_path,
@@ -176,7 +180,7 @@ for kind, splits in inputs.items():
 histories, trained, summaries = {}, {}, {}
 budgets = {}
 for name in MODELS:
-    kind = study.input_kind(name)
+    kind = registry.input_kind(name)
     train_cfg = {
         "epochs": EPOCHS[name],
         "train_seconds": TRAIN_SECONDS[name],
@@ -185,7 +189,7 @@ for name in MODELS:
         "patience": PATIENCE,
     }
     budgets[name] = train_cfg
-    model, hist = study.train_classifier(
+    model, hist = study_clf.train_classifier(
         name,
         inputs[kind]["train"],
         inputs[kind]["val"],
@@ -194,7 +198,7 @@ for name in MODELS:
         augment_cfg=AUGMENT.get(kind),
         seed=SEED,
         cache_dir=CACHE_DIR,
-        data_tag=study.data_tag(name, dataset_path, meta03.latent_stores),
+        data_tag=study_clf.data_tag(name, dataset_path, meta03.latent_stores),
         progress=False,
     )
     trained[name], histories[name] = model, hist
@@ -236,12 +240,12 @@ x_test = {kind: inputs[kind]["test"][0] for kind in kinds}
 y_test = inputs[kinds[0]]["test"][1]
 eval_seconds = {}
 for name in MODELS:
-    kind = study.input_kind(name)
+    kind = registry.input_kind(name)
     assert np.array_equal(inputs[kind]["test"][1], y_test)
     test, eval_seconds[name] = study.timed(
-        lambda name=name, kind=kind: study.evaluate(trained[name], x_test[kind], y_test)
+        lambda name=name, kind=kind: metrics.evaluate(trained[name], x_test[kind], y_test)
     )
-    summaries[name] = study.model_entry(histories[name], test, count_params(trained[name]))
+    summaries[name] = report.model_entry(histories[name], test, count_params(trained[name]))
 
 # %% [markdown]
 # ROC curves (one panel per class, one-vs-rest) and confusion matrices (rows: true class).
@@ -297,22 +301,22 @@ savefig(fig, "05_classifiers_confusion")
 # translation) of the latents: 0 up to float rounding for an invariant model.
 
 # %%
-angles = study.rotation_angles(ROT_ANGLES, seed=SEED)
+angles = rotation.rotation_angles(ROT_ANGLES, seed=SEED)
 n_test = len(y_test)
-rot_idx = study.subsample(y_test, min(1.0, ROT_IMAGES / n_test), seed=SEED)
-refit_idx = study.subsample(y_test, min(1.0, REFIT_IMAGES / n_test), seed=SEED + 1)
-inv_idx = study.subsample(y_test, min(1.0, INVARIANCE_IMAGES / n_test), seed=SEED + 2)
+rot_idx = study_clf.subsample(y_test, min(1.0, ROT_IMAGES / n_test), seed=SEED)
+refit_idx = study_clf.subsample(y_test, min(1.0, REFIT_IMAGES / n_test), seed=SEED + 1)
+inv_idx = study_clf.subsample(y_test, min(1.0, INVARIANCE_IMAGES / n_test), seed=SEED + 2)
 test_images = inputs["image"]["test"][0] if "image" in inputs else None
 if test_images is None:
-    test_images = study.load_inputs("resnet18", "test", dataset_path=dataset_path)[0]
+    test_images = study_clf.load_inputs("resnet18", "test", dataset_path=dataset_path)[0]
 print(f"angles (deg): {np.round(angles, 1).tolist()}")
 print(f"{len(rot_idx)} images for rotation curves, {len(refit_idx)} refit, {len(inv_idx)} inv.")
 
 refits, refit_psnr, refit_seconds = {}, {}, {}
-for kind in sorted({study.input_kind(m) for m in MODELS} - {"image"}):
-    settings = study.encoding_settings(meta03.latent_stores[kind]["test"])
+for kind in sorted({registry.input_kind(m) for m in MODELS} - {"image"}):
+    settings = study_clf.encoding_settings(meta03.latent_stores[kind]["test"])
     t0 = time.perf_counter()
-    refits[kind], psnr = study.refit_rotated(
+    refits[kind], psnr = rotation.refit_rotated(
         meta03.decoders[kind], test_images[refit_idx], angles, **settings
     )
     refit_seconds[kind] = time.perf_counter() - t0
@@ -325,34 +329,34 @@ for kind in sorted({study.input_kind(m) for m in MODELS} - {"image"}):
 
 # %%
 for name in MODELS:
-    kind = study.input_kind(name)
+    kind = registry.input_kind(name)
     r = summaries[name]
     t0 = time.perf_counter()
     curve = {"angles_deg": [round(float(a), 3) for a in angles]}
     if kind == "image":
-        curve["accuracy"] = study.image_rotation_curve(
+        curve["accuracy"] = rotation.image_rotation_curve(
             trained[name], test_images[rot_idx], y_test[rot_idx], angles
         )
         curve["n_images"] = len(rot_idx)
         r["rotated_accuracy_latent_action"] = None
     else:
-        curve["accuracy"] = study.refit_curve(trained[name], refits[kind], y_test[refit_idx])
+        curve["accuracy"] = rotation.refit_curve(trained[name], refits[kind], y_test[refit_idx])
         curve["n_images"] = len(refit_idx)
         curve["latent_action_accuracy"] = None
         if kind == "enf":
             z_rot = take(x_test[kind], rot_idx)
-            curve["latent_action_accuracy"] = study.latent_action_curve(
+            curve["latent_action_accuracy"] = rotation.latent_action_curve(
                 trained[name], z_rot, y_test[rot_idx], angles
             )
             curve["latent_action_n_images"] = len(rot_idx)
         r["rotated_accuracy_latent_action"] = (
             None
             if curve["latent_action_accuracy"] is None
-            else study.mean_rotated(angles, curve["latent_action_accuracy"])
+            else rotation.mean_rotated(angles, curve["latent_action_accuracy"])
         )
     r["rotation_curve"] = curve
-    r["rotated_accuracy"] = study.mean_rotated(angles, curve["accuracy"])
-    r["invariance_error"] = study.invariance_error(
+    r["rotated_accuracy"] = rotation.mean_rotated(angles, curve["accuracy"])
+    r["invariance_error"] = rotation.invariance_error(
         name, trained[name], take(x_test[kind], inv_idx), seed=SEED
     )
     eval_seconds[name] += time.perf_counter() - t0
@@ -361,7 +365,7 @@ for name in MODELS:
 fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
 for name, r in summaries.items():
     c = r["rotation_curve"]
-    how = "images" if study.input_kind(name) == "image" else "refit"
+    how = "images" if registry.input_kind(name) == "image" else "refit"
     ax.plot(c["angles_deg"], c["accuracy"], "o-", color=COLORS[name], label=f"{name} ({how})")
     if c.get("latent_action_accuracy") is not None:
         ax.plot(
@@ -388,7 +392,7 @@ savefig(fig, "05_classifiers_rotation")
 # included compilation and validation) and the epoch picked on validation.
 
 # %%
-print(study.results_table(summaries))
+print(report.results_table(summaries))
 ponita, resnet = summaries.get("enf_ponita"), summaries.get("resnet18")
 if ponita and resnet:
     same_budget = TRAIN_SECONDS["enf_ponita"] == TRAIN_SECONDS["resnet18"]
@@ -426,7 +430,7 @@ results = {
     "seed": SEED,
     "budgets": budgets,
     "model_configs": MODEL_CONFIGS,
-    "augment": {k: {**study.DEFAULT_AUGMENT[k], **AUGMENT.get(k, {})} for k in kinds},
+    "augment": {k: {**registry.DEFAULT_AUGMENT[k], **AUGMENT.get(k, {})} for k in kinds},
     "rotation": {
         "angles_deg": [float(a) for a in angles],
         "n_images": len(rot_idx),

@@ -51,11 +51,15 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from enflens import data, report, study
-from enflens.cache import is_cached
-from enflens.classifiers import count_params
+from enflens import data
+from enflens.classify import registry
+from enflens.evaluate import metrics
 from enflens.io import write_json
-from enflens.results import repo_path, save_results, savefig
+from enflens.nn import count_params
+
+
+from enflens.study.cache import is_cached
+from enflens.study.results import repo_path, save_results, savefig
 
 T_START = time.perf_counter()
 metrics = report.collect(PROFILE)
@@ -63,7 +67,7 @@ r01, r02, r03, r05 = (
     metrics[k] for k in ("01_lensing_data", "02_enf_theory", "03_meta_learning", "05_classifiers")
 )
 models = r05["models"]
-COLORS = dict(zip(study.MODEL_NAMES, plt.get_cmap("tab10").colors, strict=False))
+COLORS = dict(zip(registry.MODEL_NAMES, plt.get_cmap("tab10").colors, strict=False))
 print(f"profile {PROFILE}: devices {metrics['jax_devices']}")
 print("notebook wall times (s):", metrics["notebook_seconds"])
 
@@ -77,7 +81,7 @@ print("notebook wall times (s):", metrics["notebook_seconds"])
 # logits under random SE(2) transforms of the latents (exactly invariant models: float rounding).
 
 # %%
-print(study.results_table(models))
+print(report.results_table(models))
 
 # %% [markdown]
 # **Published anchors**: numbers reported by other work on the same simulation recipe
@@ -131,7 +135,7 @@ savefig(fig, "06_results_accuracy")
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(17, 4), layout="constrained")
-for c, cls in enumerate(study.CLASS_NAMES):
+for c, cls in enumerate(metrics.CLASS_NAMES):
     for name, m in models.items():
         roc = m["roc"][cls]
         axes[c].plot(roc["fpr"], roc["tpr"], color=COLORS[name], label=name)
@@ -171,7 +175,7 @@ for kind, style in (("enf", "o-"), ("cnf", "s--")):
 axes[0].set_xlabel("inner step")
 axes[0].set_ylabel("validation PSNR vs noise-free (dB)")
 axes[0].legend()
-latent_models = [m for m in models if study.input_kind(m) in ("enf", "cnf")]
+latent_models = [m for m in models if registry.input_kind(m) in ("enf", "cnf")]
 axes[1].bar(
     range(len(latent_models)),
     [100 * models[m]["accuracy"] for m in latent_models],
@@ -206,12 +210,12 @@ print(
 dataset_path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
 if not is_cached(dataset_path):
     raise FileNotFoundError(f"{dataset_path} not found: run notebook 01 with profile {PROFILE}")
-meta03 = study.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
+meta03 = study_clf.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
 cache_dir = repo_path("checkpoints", "classifiers")
 efficiency = {}
 for name in DE_MODELS:
     splits = {
-        s: study.load_inputs(name, s, dataset_path=dataset_path, latent_stores=meta03.latent_stores)
+        s: study_clf.load_inputs(name, s, dataset_path=dataset_path, latent_stores=meta03.latent_stores)
         for s in data.SPLITS
     }
     (x_tr, y_tr), val, (x_te, y_te) = splits["train"], splits["val"], splits["test"]
@@ -222,17 +226,17 @@ for name in DE_MODELS:
         if fraction < 1.0:
             cfg["train_seconds"] = DE_TRAIN_SECONDS
             cfg["epochs"] = int(min(DE_MAX_EPOCHS, np.ceil(budget["epochs"] / fraction)))
-        idx = study.subsample(y_tr, fraction, seed=r05["seed"])
-        model, hist = study.train_classifier(
+        idx = study_clf.subsample(y_tr, fraction, seed=r05["seed"])
+        model, hist = study_clf.train_classifier(
             name,
             (study.train.take(x_tr, idx), y_tr[idx]) if fraction < 1.0 else (x_tr, y_tr),
             val,
             model_cfg=r05["model_configs"].get(name, {}),
             train_cfg=cfg,
-            augment_cfg=r05["augment"][study.input_kind(name)],
+            augment_cfg=r05["augment"][registry.input_kind(name)],
             seed=r05["seed"],
             cache_dir=cache_dir,
-            data_tag=study.data_tag(
+            data_tag=study_clf.data_tag(
                 name,
                 dataset_path,
                 meta03.latent_stores,
@@ -240,7 +244,7 @@ for name in DE_MODELS:
             ),
             progress=False,
         )
-        test = study.evaluate(model, x_te, y_te)
+        test = metrics.evaluate(model, x_te, y_te)
         efficiency[name].append(
             {
                 "fraction": fraction,

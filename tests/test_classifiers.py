@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens import classifiers as C
+from enflens.classify import latent_models as C
+from enflens.classify.train import fit, predict
+from enflens.evaluate.metrics import invariance_error
 from enflens.geometry import Latents
-from enflens.metrics import invariance_error
-from enflens.train import fit, predict
+from enflens.nn import count_params
 
 N, D = 16, 8  # small clouds keep the tests fast
 SMALL = {
@@ -81,7 +82,7 @@ def test_cnf_mlp_and_factory_errors():
         C.make_classifier("cnf_mlp", context_dim=0, num_latents=0, rngs=_rngs())
     with pytest.raises(ValueError, match="unknown classifier"):
         C.make_classifier("enf_gnn", context_dim=D, num_latents=N, rngs=_rngs())
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown keys"):
         C.make_classifier("enf_ponita", context_dim=D, num_latents=N, depth=3, rngs=_rngs())
     with pytest.raises(ValueError, match="must divide"):
         C.make_classifier("enf_transformer", context_dim=D, num_latents=N, heads=5, rngs=_rngs())
@@ -100,7 +101,7 @@ def test_wrong_latent_shapes_raise(models):
 
 def test_default_parameter_counts():
     counts = {
-        name: C.count_params(
+        name: count_params(
             nnx.eval_shape(
                 lambda name=name: C.make_classifier(
                     name, context_dim=32, num_latents=25, cnf_dim=256, rngs=nnx.Rngs(0)

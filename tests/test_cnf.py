@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens.cnf import CNFConfig, CNFDecoder, cnf_latent_dim_matching_enf, enf_latent_floats
+from enflens.fields.cnf import CNFConfig, CNFDecoder, cnf_latent_dim_matching_enf, enf_latent_floats
 from enflens.grid import make_grid
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens import cnn
-from enflens.classifiers import count_params
-from enflens.metrics import rotation_error
-from enflens.train import fit, predict
+from enflens.classify import image_models as cnn
+from enflens.classify.train import fit, predict
+from enflens.evaluate.metrics import rotation_error
+from enflens.grid import rot90_images, rotate_images
+from enflens.nn import count_params
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:
@@ -56,17 +57,17 @@ def _smooth_images(rng, b=4, size=32):
 def test_rotate_images_conventions():
     rng = np.random.default_rng(0)
     img = rng.random((3, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(cnn.rotate_images(img, 0.0), img, atol=1e-6)
+    np.testing.assert_allclose(rotate_images(img, 0.0), img, atol=1e-6)
     # +90 degrees: bilinear rotation equals the exact rot90 (float rounding only)
     np.testing.assert_allclose(
-        cnn.rotate_images(img, np.pi / 2), cnn.rot90_images(img, 1), atol=1e-5
+        rotate_images(img, np.pi / 2), rot90_images(img, 1), atol=1e-5
     )
     # counter-clockwise in (x, y): a pixel at (x>0, y~0) moves to (x~0, y>0), i.e. a high row
     a = np.zeros((1, 8, 8), np.float32)
     a[0, 3, 7] = 1.0  # x = +0.875, y = -0.125
-    assert tuple(np.argwhere(np.asarray(cnn.rot90_images(a, 1))[0])[0]) == (7, 4)
+    assert tuple(np.argwhere(np.asarray(rot90_images(a, 1))[0])[0]) == (7, 4)
     # per-image angles and a channel axis
-    out = cnn.rotate_images(img[..., None], np.array([0.0, np.pi / 2, np.pi], np.float32))
+    out = rotate_images(img[..., None], np.array([0.0, np.pi / 2, np.pi], np.float32))
     assert out.shape == (3, 16, 16, 1)
     np.testing.assert_allclose(out[2, ..., 0], img[2, ::-1, ::-1], atol=1e-5)
     # continuous angle: a smooth off-centre Gaussian lands where the analytic rotation puts it
@@ -76,10 +77,10 @@ def test_rotate_images_conventions():
     blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / s**2)[None].astype(np.float32)
     x1, y1 = np.cos(th) * x0 - np.sin(th) * y0, np.sin(th) * x0 + np.cos(th) * y0
     expected = np.exp(-((xx - x1) ** 2 + (yy - y1) ** 2) / s**2)
-    err = np.abs(np.asarray(cnn.rotate_images(blob, th))[0] - expected).max()
+    err = np.abs(np.asarray(rotate_images(blob, th))[0] - expected).max()
     assert err < 0.04  # bilinear interpolation error only
     # wrong sense (negative control for the convention)
-    assert np.abs(np.asarray(cnn.rotate_images(blob, -th))[0] - expected).max() > 0.5
+    assert np.abs(np.asarray(rotate_images(blob, -th))[0] - expected).max() > 0.5
 
 
 def test_rot45_filter_matrix_preserves_a_radial_filter():
@@ -102,10 +103,10 @@ def test_group_conv_is_equivariant_to_90_degrees():
     conv = cnn.GroupConv(3, 4, 3, rngs=rngs)
     f = jax.random.normal(jax.random.key(1), (2, 12, 12, 8, 3))
     # rotating the input by 90 degrees = rot90 in space + shift by 2 on the group axis
-    rot = lambda x: np.roll(np.asarray(cnn.rot90_images(x, 1)), 2, axis=3)  # noqa: E731
+    rot = lambda x: np.roll(np.asarray(rot90_images(x, 1)), 2, axis=3)  # noqa: E731
     np.testing.assert_allclose(conv(rot(f)), rot(conv(f)), atol=1e-5)
     # negative control: without the group shift the identity fails
-    plain = np.asarray(cnn.rot90_images(conv(f), 1))
+    plain = np.asarray(rot90_images(conv(f), 1))
     assert np.abs(np.asarray(conv(rot(f))) - plain).max() > 0.1
 
 
@@ -115,9 +116,9 @@ def test_lifting_conv_is_nearly_equivariant_to_45_degrees():
     img = _smooth_images(np.random.default_rng(0), 4, 32)[..., None]
     lift = cnn.LiftingConv(1, 4, 5, rngs=_rngs())
     f = np.asarray(lift(img))  # (B, H, W, 8, C)
-    f_of_rotated = np.asarray(lift(np.asarray(cnn.rotate_images(img, np.pi / 4))))
+    f_of_rotated = np.asarray(lift(np.asarray(rotate_images(img, np.pi / 4))))
     b, h, w, g, c = f.shape
-    rotated_f = np.asarray(cnn.rotate_images(f.reshape(b, h, w, g * c), np.pi / 4))
+    rotated_f = np.asarray(rotate_images(f.reshape(b, h, w, g * c), np.pi / 4))
     rotated_f = rotated_f.reshape(b, h, w, g, c)
     cc = -1 + (2 * np.arange(h) + 1) / h
     disk = np.hypot(*np.meshgrid(cc, cc)) < 0.8  # away from the corners cut by the rotation
@@ -160,7 +161,7 @@ def test_input_shapes_and_errors():
         m(np.zeros((1, 15, 15), np.float32))
     with pytest.raises(ValueError, match="unknown model"):
         cnn.make_cnn("vgg", rngs=_rngs())
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown keys"):
         cnn.make_cnn("resnet18", depth=50, rngs=_rngs())
     with pytest.raises(ValueError, match="stem"):
         cnn.make_cnn("resnet18", stem="huge", rngs=_rngs())

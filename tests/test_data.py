@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from enflens import data as D
-from enflens import lensing as L
+from enflens.data import lensing as L
 from enflens.testing import lenstronomy_render
 
 N, NV, NT = 4, 2, 1  # per class
@@ -152,14 +152,6 @@ def test_cli_generate_and_info(tmp_path, capsys):
     assert len(D.load(out, "val")) == 0
     assert D.main(["info", str(out)]) == 0
     assert "recipe: model_iii" in capsys.readouterr().out
-
-
-def test_study_dataset_path_is_stable_and_parameter_dependent():
-    a = D.study_dataset_path("model_ii", 24, 12, 12, 0)
-    assert a == D.study_dataset_path("model_ii", 24, 12, 12, 0)
-    assert a.parent.name == "data" and a.name.startswith("model_ii-") and a.suffix == ".h5"
-    assert a != D.study_dataset_path("model_ii", 24, 12, 12, 1)
-    assert a != D.study_dataset_path("model_ii", 24, 12, 13, 0)
 
 
 def _deeplense_folder(root, names=("no_sub", "cdm", "axion"), shape=(64, 64)):

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens.enf import (
+from enflens.fields.enf import (
     EQUIVARIANT_GROUPS,
     ENFConfig,
     ENFDecoder,
     Frozen,
-    count_params,
     decode_chunked,
     init_latents,
     sincos,
 )
 from enflens.geometry import Latents
+from enflens.nn import count_params
 from enflens.testing import (
     assert_equivariant,
     equivariance_error,

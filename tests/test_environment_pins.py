@@ -5,7 +5,7 @@ import tomllib
 
 import yaml
 
-from enflens.results import repo_path
+from enflens.study.results import repo_path
 
 
 def test_environment_yml_mirrors_pyproject_pins():

@@ -10,13 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from enflens import fit_eval as E
-from enflens import fitting as F
-from enflens.cnf import CNFConfig
-from enflens.cnn import rot90_images
-from enflens.enf import ENFConfig
+from enflens import grid
+from enflens.data import renders
+from enflens.evaluate import rotation
+from enflens.fields import adapters
+from enflens.fields.cnf import CNFConfig
+from enflens.fields.enf import ENFConfig
 from enflens.geometry import SE2, Latents
-from enflens.grid import make_grid
+from enflens.grid import make_grid, rot90_images
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn import outer
 
 SIZE = 16
 
@@ -35,19 +38,19 @@ def blobs(n: int, seed: int = 0) -> np.ndarray:
 
 
 @functools.cache
-def tiny_enf(k_nearest: int | None = 4) -> F.FieldAdapter:
+def tiny_enf(k_nearest: int | None = 4) -> adapters.FieldAdapter:
     cfg = ENFConfig(
         num_latents=9, latent_dim=4, hidden=16, num_heads=2, k_nearest=k_nearest, num_rff=8
     )
-    return F.enf_adapter(cfg, lr_contexts=20.0)
+    return adapters.enf_adapter(cfg, lr_contexts=20.0)
 
 
 @functools.cache
-def tiny_cnf() -> F.FieldAdapter:
-    return F.cnf_adapter(CNFConfig(latent_dim=8, hidden=16, num_layers=2, w0=10.0))
+def tiny_cnf() -> adapters.FieldAdapter:
+    return adapters.cnf_adapter(CNFConfig(latent_dim=8, hidden=16, num_layers=2, w0=10.0))
 
 
-def _perturbed(adapter: F.FieldAdapter, seed: int = 0) -> dict:
+def _perturbed(adapter: adapters.FieldAdapter, seed: int = 0) -> dict:
     """Initial params with a random learned init, so that fits are image dependent."""
     p = adapter.init_params()
     k = jax.random.PRNGKey(seed)
@@ -60,12 +63,12 @@ def test_fit_path_ends_where_fit_latents_does():
     params = _perturbed(ad)
     x = blobs(4)
     key = jax.random.PRNGKey(3)
-    lats, recs = E.fit_path(ad, params, x, steps=3, pixels=64, key=key)
-    z, score = F.fit_latents(ad, params, x, steps=3, pixels=64, key=key)
+    lats, recs = encode_mod.fit_path(ad, params, x, steps=3, pixels=64, key=key)
+    z, score = encode_mod.fit_latents(ad, params, x, steps=3, pixels=64, key=key)
     assert lats.positions.shape == (4, 4, 9, 2) and recs.shape == (4, 4, SIZE, SIZE, 1)
     np.testing.assert_allclose(lats.contexts[-1], z.contexts, atol=1e-5)
     np.testing.assert_allclose(lats.positions[-1], z.positions, atol=1e-6)
-    np.testing.assert_allclose(E.psnr_np(recs[-1, ..., 0], x), score, atol=1e-3)
+    np.testing.assert_allclose(grid.psnr(recs[-1, ..., 0], x), score, atol=1e-3)
     # entry 0 is the initialisation: the same field for every image
     np.testing.assert_allclose(recs[0, 0], recs[0, 1], atol=1e-6)
     assert not np.allclose(recs[-1, 0], recs[-1, 1], atol=1e-3)
@@ -76,19 +79,21 @@ def test_psnr_path_matches_encode_and_scores_other_targets():
     params = _perturbed(ad)
     x = blobs(7, seed=1)
     other = blobs(7, seed=2)
-    out = E.psnr_path(ad, params, x, {"same": x, "other": other}, steps=2, pixels=64,
+    out = encode_mod.psnr_path(ad, params, x, {"same": x, "other": other}, steps=2, pixels=64,
                       batch_size=3, seed=5)  # fmt: skip
     assert out["fitted"].shape == (3, 7)
     np.testing.assert_allclose(out["same"], out["fitted"], atol=1e-6)
-    _, enc = F.encode(ad, params, x, steps=2, pixels=64, batch_size=3, seed=5, progress=False)
+    _, enc = encode_mod.encode(
+        ad, params, x, steps=2, pixels=64, batch_size=3, seed=5, progress=False
+    )
     np.testing.assert_allclose(out["fitted"][-1], enc, atol=1e-3)  # same batches and keys
-    _, recs = E.fit_path(ad, params, x[:3], steps=2, pixels=64,
+    _, recs = encode_mod.fit_path(ad, params, x[:3], steps=2, pixels=64,
                          key=jax.random.fold_in(jax.random.PRNGKey(5), 0))  # fmt: skip
-    want = np.stack([E.psnr_np(r[..., 0], other[:3]) for r in recs])  # (3, 3)
+    want = np.stack([grid.psnr(r[..., 0], other[:3]) for r in recs])  # (3, 3)
     np.testing.assert_allclose(out["other"][:, :3], want, atol=1e-5)
     assert np.abs(out["other"] - out["fitted"]).mean() > 0.1
     with pytest.raises(ValueError, match="targets"):
-        E.psnr_path(ad, params, x, {"bad": other[:3]}, steps=1)
+        encode_mod.psnr_path(ad, params, x, {"bad": other[:3]}, steps=1)
 
 
 def test_match_poses_by_hand():
@@ -104,13 +109,13 @@ def test_match_poses_by_hand():
         contexts=np.zeros((3, 2), np.float32),
         windows=np.ones(3, np.float32),
     )
-    m = E.match_poses(ref, fit)
+    m = rotation.match_poses(ref, fit)
     assert m["kept"].tolist() == [True, True, False]
     assert m["index"].tolist() == [1, 0]
     np.testing.assert_allclose(m["position"], [0.1, 0.1], atol=1e-6)
     np.testing.assert_allclose(np.degrees(m["orientation"]), [2.0, 30.0], atol=1e-4)  # wrapped
     with pytest.raises(ValueError, match="unbatched"):
-        E.match_poses(jax.tree.map(lambda a: a[None], ref), fit)
+        rotation.match_poses(jax.tree.map(lambda a: a[None], ref), fit)
 
 
 def test_fit_from_rotated_init_follows_an_exact_rotation():
@@ -122,23 +127,24 @@ def test_fit_from_rotated_init_follows_an_exact_rotation():
     params = _perturbed(ad, seed=1)
     x = blobs(3, seed=4)
     xr = np.asarray(rot90_images(x, 1))
-    z, _ = E.fit_path(ad, params, x, steps=3, pixels=None)
+    z, _ = encode_mod.fit_path(ad, params, x, steps=3, pixels=None)
     g = SE2(jnp.full((3,), np.pi / 2, jnp.float32), jnp.zeros((3, 2), jnp.float32))
     init_rot = ad.expand(params["init"], 3).transform(g)
-    z_rot, rec_rot = E.fit_path(ad, params, xr, steps=3, pixels=None, latents0=init_rot)
-    z_std, _ = E.fit_path(ad, params, xr, steps=3, pixels=None)
+    z_rot, rec_rot = encode_mod.fit_path(ad, params, xr, steps=3, pixels=None, latents0=init_rot)
+    z_std, _ = encode_mod.fit_path(ad, params, xr, steps=3, pixels=None)
     goal = jax.tree.map(lambda a: np.asarray(a[-1]), z).transform(g)
     for i in range(3):
         one = lambda t, i=i: jax.tree.map(lambda a: np.asarray(a)[i], t)  # noqa: E731
-        good = E.match_poses(one(goal), one(jax.tree.map(lambda a: a[-1], z_rot)))
-        bad = E.match_poses(one(goal), one(jax.tree.map(lambda a: a[-1], z_std)))
+        good = rotation.match_poses(one(goal), one(jax.tree.map(lambda a: a[-1], z_rot)))
+        bad = rotation.match_poses(one(goal), one(jax.tree.map(lambda a: a[-1], z_std)))
         assert good["kept"].all()
         assert good["position"].max() < 1e-4 and good["orientation"].max() < 1e-4
         assert np.degrees(bad["orientation"].mean()) > 45.0
-    rec = E.fit_path(ad, params, x, steps=3, pixels=None)[1][-1, ..., 0]
+    rec = encode_mod.fit_path(ad, params, x, steps=3, pixels=None)[1][-1, ..., 0]
     want = np.asarray(rot90_images(rec, 1))  # the rotated fit
     err_rot = np.abs(rec_rot[-1, ..., 0] - want).max()
-    err_std = np.abs(E.fit_path(ad, params, xr, steps=3, pixels=None)[1][-1, ..., 0] - want).max()
+    rec_std = encode_mod.fit_path(ad, params, xr, steps=3, pixels=None)[1][-1, ..., 0]
+    err_std = np.abs(rec_std - want).max()
     assert err_rot < 5e-3  # float rounding amplified by the inner learning rates
     assert err_std > 10 * err_rot
 
@@ -148,30 +154,24 @@ def test_noise_free_images_match_the_stored_scale(tmp_path):
 
     path = data.generate("model_ii", 1, 3, tmp_path / "d.h5", n_val=1, n_test=1, progress=False)
     stored = data.load(path, "val").images
-    clean = E.noise_free_images(path, "val", np.arange(len(stored)))
+    clean = renders.noise_free_images(path, "val", np.arange(len(stored)))
     assert clean.shape == stored.shape and clean.dtype == np.float32
-    p = E.psnr_np(clean, stored)
+    p = grid.psnr(clean, stored)
     assert np.all(p > 35.0) and np.all(p < 90.0)  # same scale, but not the noisy image itself
     assert abs(float(clean.max()) - 1.0) < 0.05
     with pytest.raises(FileNotFoundError):
-        E.noise_free_images(tmp_path / "missing.h5", "val", [0])
+        renders.noise_free_images(tmp_path / "missing.h5", "val", [0])
 
 
-def test_meta_train_for_runs_a_calibrated_schedule():
+def test_meta_train_runs_its_step_count_and_logs_a_history():
     ad = tiny_cnf()
     x = blobs(16, seed=6)
-    cfg = F.MetaConfig(
+    cfg = outer.MetaConfig(
         inner_steps=2, inner_pixels=64, outer_pixels=64, batch_size=4, outer_lr=3e-3,
-        warmup_steps=5, eval_images=4,
+        warmup_steps=5, eval_images=4, num_steps=12, eval_every=6,
     )  # fmt: skip
-    run = E.meta_train_for(ad, x, cfg, 3.0, val_images=x[:4], progress=False, max_steps=40)
-    n = run.config.num_steps
-    assert 2 <= n <= 40 and int(run.result.state.step) == n
-    assert run.calibration_steps_per_second > 0 and run.seconds > 0
-    t = E.history_table(run.result.history)
-    assert t["step"][-1] == n and t["val_step"][-1] == n
-    assert t["val_psnr"].shape[1] == 3 and np.all(np.diff(t["seconds"]) >= 0)
-    with pytest.raises(ValueError, match="seconds"):
-        E.meta_train_for(ad, x, cfg, 0.0)
-    with pytest.raises(ValueError, match="batch_size"):
-        E.meta_train_for(ad, x[:2], cfg, 1.0)
+    run = outer.meta_train(ad, x, cfg, val_images=x[:4], progress=False, log_every=3)
+    assert int(run.state.step) == 12
+    t = outer.history_table(run.history)
+    assert t["step"].tolist() == [3, 6, 9, 12] and t["val_step"].tolist() == [6, 12]
+    assert t["val_psnr"].shape == (2, 3) and np.all(np.diff(t["seconds"]) >= 0)

@@ -9,10 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from enflens import fitting as F
-from enflens.cnf import CNFConfig
-from enflens.enf import ENFConfig
+from enflens import grid
+from enflens.evaluate import rotation
+from enflens.fields import adapters
+from enflens.fields.cnf import CNFConfig
+from enflens.fields.enf import ENFConfig
 from enflens.grid import image_to_pixels, make_grid
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn import inner, outer
 
 SIZE = 16
 
@@ -37,22 +41,22 @@ def rings(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 
 @functools.cache
-def tiny_cnf(seed: int = 0) -> F.FieldAdapter:
-    return F.cnf_adapter(
+def tiny_cnf(seed: int = 0) -> adapters.FieldAdapter:
+    return adapters.cnf_adapter(
         CNFConfig(latent_dim=16, hidden=32, num_layers=2, w0=10.0), seed=seed, lr_init=1.0
     )
 
 
 @functools.cache
-def tiny_enf(bi_invariant: str = "roto_translation") -> F.FieldAdapter:
+def tiny_enf(bi_invariant: str = "roto_translation") -> adapters.FieldAdapter:
     cfg = ENFConfig(
         num_latents=9, latent_dim=8, hidden=16, num_heads=2, k_nearest=4, num_rff=8,
         bi_invariant=bi_invariant,
     )  # fmt: skip
-    return F.enf_adapter(cfg, lr_contexts=5.0)
+    return adapters.enf_adapter(cfg, lr_contexts=5.0)
 
 
-CFG = F.MetaConfig(
+CFG = outer.MetaConfig(
     inner_steps=2, inner_pixels=64, outer_pixels=128, batch_size=8, num_steps=60, outer_lr=3e-3,
     warmup_steps=5, checkpoint_every=0, eval_every=0,
 )  # fmt: skip
@@ -61,9 +65,9 @@ CFG = F.MetaConfig(
 def test_meta_training_improves_reconstruction():
     adapter = tiny_cnf()
     train, val = rings(64, seed=1), rings(16, seed=2)
-    before = F.psnr_per_step(adapter, adapter.init_params(), val, CFG, pixels=None)
-    result = F.meta_train(adapter, train, CFG, val_images=val, progress=False, log_every=20)
-    after = F.psnr_per_step(adapter, result.state.params, val, CFG, pixels=None)
+    before = encode_mod.psnr_per_step(adapter, adapter.init_params(), val, CFG, pixels=None)
+    result = outer.meta_train(adapter, train, CFG, val_images=val, progress=False, log_every=20)
+    after = encode_mod.psnr_per_step(adapter, result.state.params, val, CFG, pixels=None)
     assert after.shape == (CFG.inner_steps + 1, 16)
     assert after[-1].mean() > before[-1].mean() + 3.0  # the decoder learned
     assert after[-1].mean() > after[0].mean() + 1.0  # inner steps help
@@ -78,11 +82,11 @@ def _outer_grads(adapter, cfg, params, px, key):
 
     def loss(p):
         k_in, k_out = jax.random.split(key)
-        lat = F.inner_loop(
+        lat = inner.inner_loop(
             adapter, p, adapter.expand(p["init"], px.shape[0]), coords, px, k_in,
             cfg.inner_steps, cfg.inner_pixels, cfg.first_order,
         )  # fmt: skip
-        c, t = F._subset(k_out, coords, px, cfg.outer_pixels)
+        c, t = inner.pixel_subset(k_out, coords, px, cfg.outer_pixels)
         return jnp.mean((adapter.decode(p, lat, c) - t) ** 2), lat
 
     return jax.jit(jax.grad(loss, has_aux=True))(params)
@@ -93,8 +97,8 @@ def test_first_order_ignores_inner_gradient_dependence_second_order_does_not():
     params = adapter.init_params()
     px = image_to_pixels(jnp.asarray(rings(4)))
     key = jax.random.PRNGKey(3)
-    fo = F.MetaConfig(**{**CFG.__dict__, "first_order": True, "outer_pixels": None})
-    so = F.MetaConfig(**{**CFG.__dict__, "first_order": False, "outer_pixels": None})
+    fo = outer.MetaConfig(**{**CFG.__dict__, "first_order": True, "outer_pixels": None})
+    so = outer.MetaConfig(**{**CFG.__dict__, "first_order": False, "outer_pixels": None})
     g_fo, lat = _outer_grads(adapter, fo, params, px, key)
     g_so, _ = _outer_grads(adapter, so, params, px, key)
     # First order: the decoder gradient is that of the outer loss at the adapted latents, held
@@ -130,7 +134,7 @@ def test_second_order_gradient_matches_finite_difference():
 
     def loss(decoder):
         p = {**params, "decoder": decoder}
-        lat = F.inner_loop(adapter, p, adapter.expand(p["init"], 2), coords, px, key, 2, None)
+        lat = inner.inner_loop(adapter, p, adapter.expand(p["init"], 2), coords, px, key, 2, None)
         return jnp.mean((adapter.decode(p, lat, full) - px) ** 2)
 
     loss = jax.jit(loss)
@@ -150,7 +154,7 @@ def test_second_order_gradient_matches_finite_difference():
     # the first-order gradient is measurably different along the same direction
     def loss_fo(decoder):
         p = {**params, "decoder": decoder}
-        lat = F.inner_loop(
+        lat = inner.inner_loop(
             adapter, p, adapter.expand(p["init"], 2), coords, px, key, 2, None, first_order=True
         )
         return jnp.mean((adapter.decode(p, lat, full) - px) ** 2)
@@ -165,10 +169,11 @@ def test_second_order_gradient_matches_finite_difference():
 
 def test_train_step_updates_decoder_rates_init_not_buffers():
     adapter = tiny_enf()
-    cfg = F.MetaConfig(**{**CFG.__dict__, "first_order": True})  # first order: faster compile
-    state = F.init_state(adapter, cfg)
-    new, loss = F.train_step(adapter, cfg, state, rings(cfg.batch_size))
-    new, loss = F.train_step(adapter, cfg, new, rings(cfg.batch_size))  # step 0 has lr 0 (warm-up)
+    cfg = outer.MetaConfig(**{**CFG.__dict__, "first_order": True})  # first order: faster compile
+    state = outer.init_state(adapter, cfg)
+    new, loss = outer.train_step(adapter, cfg, state, rings(cfg.batch_size))
+    # step 0 has lr 0 (warm-up)
+    new, loss = outer.train_step(adapter, cfg, new, rings(cfg.batch_size))
     assert np.isfinite(float(loss))
     assert int(new.step) == 2
 
@@ -188,27 +193,27 @@ def test_train_step_updates_decoder_rates_init_not_buffers():
 def test_enf_inner_loop_moves_fitted_fields_only():
     adapter = tiny_enf()
     params = adapter.init_params()
-    lat, _ = F.fit_latents(adapter, params, rings(3), steps=2)
+    lat, _ = encode_mod.fit_latents(adapter, params, rings(3), steps=2)
     lat0 = adapter.expand(params["init"], 3)
     assert not np.allclose(lat.positions, lat0.positions)
     assert not np.allclose(lat.contexts, lat0.contexts)
     assert not np.allclose(lat.orientations, lat0.orientations)
     np.testing.assert_array_equal(lat.windows, lat0.windows)  # windows not fitted by default
-    assert F.latent_floats(adapter) == 9 * (2 + 1 + 8)
+    assert adapters.latent_floats(adapter) == 9 * (2 + 1 + 8)
 
 
 def test_fit_is_independent_per_image_and_encode_pads():
     adapter = tiny_cnf()
     params = adapter.init_params()
     imgs = rings(5, seed=4)
-    lat_ab, s_ab = F.fit_latents(adapter, params, imgs[[0, 1]], steps=2)
-    lat_ac, s_ac = F.fit_latents(adapter, params, imgs[[0, 2]], steps=2)
+    lat_ab, s_ab = encode_mod.fit_latents(adapter, params, imgs[[0, 1]], steps=2)
+    lat_ac, s_ac = encode_mod.fit_latents(adapter, params, imgs[[0, 2]], steps=2)
     np.testing.assert_allclose(lat_ab[0], lat_ac[0], atol=1e-5)
     np.testing.assert_allclose(s_ab[0], s_ac[0], atol=1e-3)
     assert not np.allclose(lat_ab[1], lat_ac[1])
     # encode: 5 images in batches of 2 (last one padded) equals fitting all at once
-    lat_enc, s_enc = F.encode(adapter, params, imgs, steps=2, batch_size=2, progress=False)
-    lat_all, s_all = F.fit_latents(adapter, params, imgs, steps=2)
+    lat_enc, s_enc = encode_mod.encode(adapter, params, imgs, steps=2, batch_size=2, progress=False)
+    lat_all, s_all = encode_mod.fit_latents(adapter, params, imgs, steps=2)
     assert lat_enc.shape == (5, 16) and s_enc.shape == (5,)
     np.testing.assert_allclose(lat_enc, lat_all, atol=1e-5)
     np.testing.assert_allclose(s_enc, s_all, atol=1e-3)
@@ -216,38 +221,38 @@ def test_fit_is_independent_per_image_and_encode_pads():
 
 def test_channel_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="channels"):
-        F.fit_latents(tiny_cnf(), tiny_cnf().init_params(), np.zeros((2, SIZE, SIZE, 3)))
+        encode_mod.fit_latents(tiny_cnf(), tiny_cnf().init_params(), np.zeros((2, SIZE, SIZE, 3)))
 
 
 def test_batch_indices_pure_function_of_seed_and_step():
-    a = F.batch_indices(0, 7, 100, 8)
-    np.testing.assert_array_equal(a, F.batch_indices(0, 7, 100, 8))
-    assert not np.array_equal(a, F.batch_indices(1, 7, 100, 8))
-    epoch = np.concatenate([F.batch_indices(0, s, 100, 8) for s in range(12)])
+    a = outer.batch_indices(0, 7, 100, 8)
+    np.testing.assert_array_equal(a, outer.batch_indices(0, 7, 100, 8))
+    assert not np.array_equal(a, outer.batch_indices(1, 7, 100, 8))
+    epoch = np.concatenate([outer.batch_indices(0, s, 100, 8) for s in range(12)])
     assert len(np.unique(epoch)) == 96  # one epoch: no repeats
-    assert not np.array_equal(F.batch_indices(0, 0, 100, 8), F.batch_indices(0, 12, 100, 8))
+    assert not np.array_equal(outer.batch_indices(0, 0, 100, 8), outer.batch_indices(0, 12, 100, 8))
 
 
 def test_psnr_values_and_mask():
     target = np.zeros((2, 4, 4), np.float32)
     pred = target + np.array([0.1, 0.01], np.float32)[:, None, None]
-    np.testing.assert_allclose(F.psnr(pred, target), [20.0, 40.0], rtol=1e-5)
+    np.testing.assert_allclose(grid.psnr(pred, target), [20.0, 40.0], rtol=1e-5)
     mask = np.zeros((4, 4), bool)
     mask[0, 0] = True
     pred2 = pred.copy()
     pred2[:, 1:, :] = 0.5  # outside the mask: ignored
-    np.testing.assert_allclose(F.psnr(pred2, target, mask), [20.0, 40.0], rtol=1e-5)
+    np.testing.assert_allclose(grid.psnr(pred2, target, mask), [20.0, 40.0], rtol=1e-5)
 
 
 def test_rotate_images_moves_a_blob_by_a_random_angle():
     rng = np.random.default_rng(0)
     angle = float(rng.uniform(0.3, 2 * np.pi - 0.3))
     size = 32
-    grid = np.asarray(make_grid(size))
+    xy = np.asarray(make_grid(size))
     c = np.array([0.4, -0.1])
-    img = np.exp(-np.sum((grid - c) ** 2, -1) / (2 * 0.08**2)).reshape(1, size, size)
-    rot = np.asarray(F.rotate_images(img, [angle]))[0, ..., 0].reshape(-1)
-    centroid = (rot[:, None] * grid).sum(0) / rot.sum()
+    img = np.exp(-np.sum((xy - c) ** 2, -1) / (2 * 0.08**2)).reshape(1, size, size)
+    rot = np.asarray(grid.rotate_images(img, [angle]))[0].reshape(-1)
+    centroid = (rot[:, None] * xy).sum(0) / rot.sum()
     expect = np.array([np.cos(angle) * c[0] - np.sin(angle) * c[1],
                        np.sin(angle) * c[0] + np.cos(angle) * c[1]])  # fmt: skip
     np.testing.assert_allclose(centroid, expect, atol=0.02)
@@ -260,17 +265,18 @@ def test_rotation_consistency_metric():
     adapter = tiny_cnf()
     params = adapter.init_params()
     imgs = rings(2)
-    same = F.rotation_consistency(adapter, params, imgs, [0.0, 0.0], steps=1)
+    same = rotation.rotation_consistency(adapter, params, imgs, [0.0, 0.0], steps=1)
     assert np.all(same["consistency"] > 60)  # no rotation: both fits decode identically
     angle = float(np.random.default_rng(1).uniform(0.3, 1.2))
-    rot = F.rotation_consistency(adapter, params, imgs, [angle, angle], steps=1)
+    rot = rotation.rotation_consistency(adapter, params, imgs, [angle, angle], steps=1)
     assert np.all(rot["consistency"] < same["consistency"])
     assert set(rot) == {"consistency", "fit_rotated", "fit_original"}
 
 
 def test_stratified_sampling_takes_one_pixel_per_block():
     px = jnp.arange(2 * 64 * 64, dtype=jnp.float32).reshape(2, 4096, 1)
-    coords, vals = F._subset(jax.random.PRNGKey(0), make_grid(64), px, 512)  # blocks of 2 x 4
+    # blocks of 2 x 4
+    coords, vals = inner.pixel_subset(jax.random.PRNGKey(0), make_grid(64), px, 512)
     idx = np.asarray(vals[..., 0]).astype(int) - np.array([0, 4096])[:, None]
     assert idx.shape == (2, 512)
     np.testing.assert_array_equal(coords, np.asarray(make_grid(64))[idx])
@@ -279,10 +285,10 @@ def test_stratified_sampling_takes_one_pixel_per_block():
     for b in range(2):
         assert sorted(blocks[b]) == list(range(512))  # every block exactly once
     assert not np.array_equal(idx[0], idx[1])  # each image its own draw
-    _, other = F._subset(jax.random.PRNGKey(1), make_grid(64), px, 512)
+    _, other = inner.pixel_subset(jax.random.PRNGKey(1), make_grid(64), px, 512)
     assert not np.array_equal(other, vals)
     # random sampling: without replacement
-    _, rnd = F._subset(jax.random.PRNGKey(0), make_grid(64), px, 500, "random")
+    _, rnd = inner.pixel_subset(jax.random.PRNGKey(0), make_grid(64), px, 500, "random")
     assert len(np.unique(np.asarray(rnd[0]))) == 500
     with pytest.raises(ValueError, match="do not tile"):
-        F._subset(jax.random.PRNGKey(0), make_grid(64), px, 500)
+        inner.pixel_subset(jax.random.PRNGKey(0), make_grid(64), px, 500)

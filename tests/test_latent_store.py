@@ -6,10 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from enflens import fitting as F
-from enflens.cnf import CNFConfig
+from enflens.fields import adapters
+from enflens.fields.cnf import CNFConfig
 from enflens.geometry import Latents
-from enflens.latent_store import read_latent_store, write_latent_store
+from enflens.metalearn import encode as encode_mod
+from enflens.metalearn.latent_store import read_latent_store, write_latent_store
 
 
 def enf_latents(n: int, rng: np.random.Generator) -> Latents:
@@ -74,11 +75,11 @@ def test_write_rejects_inconsistent_lengths(tmp_path):
 
 
 def test_encode_dataset_writes_store_and_checks_image_shape(tmp_path):
-    ad = F.cnf_adapter(CNFConfig(latent_dim=6, hidden=8, num_layers=1, w0=5.0))
+    ad = adapters.cnf_adapter(CNFConfig(latent_dim=6, hidden=8, num_layers=1, w0=5.0))
     params = ad.init_params()
     rng = np.random.default_rng(1)
     imgs = rng.uniform(size=(5, 8, 8)).astype(np.float32)
-    out = F.encode_dataset(
+    out = encode_mod.encode_dataset(
         ad, params, imgs, [0, 1, 2, 0, 1], tmp_path / "lat.h5", decoder_path="dec/x",
         decoder_hash="hh", decoder_image_shape=(8, 8, 1), steps=1, batch_size=2, progress=False,
     )  # fmt: skip
@@ -87,7 +88,7 @@ def test_encode_dataset_writes_store_and_checks_image_shape(tmp_path):
     assert np.all(np.isfinite(store.psnr))
     assert store.attrs["inner_steps"] == 1 and store.kind == "cnf"
     with pytest.raises(ValueError, match="dec/x"):
-        F.encode_dataset(
+        encode_mod.encode_dataset(
             ad, params, rng.uniform(size=(2, 16, 16)), [0, 1], tmp_path / "lat2.h5",
             decoder_path="dec/x", decoder_hash="hh", decoder_image_shape=(8, 8, 1),
             progress=False,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from lenstronomy.SimulationAPI.data_api import DataAPI
 
-from enflens import lensing as L
+from enflens.data import lensing as L
 from enflens.testing import lenstronomy_render
 
 

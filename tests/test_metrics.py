@@ -8,7 +8,7 @@ from flax import nnx
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from enflens import metrics
+from enflens.evaluate import metrics
 from enflens.geometry import Latents
 from enflens.testing import numpy_latents
 

@@ -6,8 +6,8 @@ import jupytext
 import nbformat
 import pytest
 
-from enflens import pipeline
-from enflens.results import repo_path
+from enflens.study import pipeline
+from enflens.study.results import repo_path
 
 
 def test_profiles_have_common_section_and_notebook_sections_are_known():
@@ -107,7 +107,7 @@ def test_results_json_of_committed_cpu_run_parse():
 
 
 def test_figures_of_non_default_profiles_do_not_overwrite_committed_figures(monkeypatch):
-    from enflens import results
+    from enflens.study import results
 
     monkeypatch.delenv(results.PROFILE_ENV, raising=False)
     assert results.figures_dir() == repo_path("figures")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from enflens import report
-from enflens.results import PROMISED_KEYS
+from enflens.study import report
+from enflens.study.results import PROMISED_KEYS
 
 
 def test_collect_reads_every_notebook_and_names_missing_file(tmp_path):

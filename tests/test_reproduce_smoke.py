@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from enflens import pipeline
-from enflens.results import PROMISED_KEYS, repo_path
+from enflens.study import pipeline
+from enflens.study.results import PROMISED_KEYS, repo_path
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens import study, train
-from enflens.cnn import rotate_images
-from enflens.enf import ENFConfig, ENFDecoder
+from enflens.classify import registry, train
+from enflens.evaluate import metrics, rotation
+from enflens.fields.enf import ENFConfig, ENFDecoder
 from enflens.geometry import Latents
-from enflens.grid import make_grid
-from enflens.latent_store import write_latent_store
+from enflens.grid import make_grid, rotate_images
+from enflens.metalearn.latent_store import write_latent_store
+from enflens.study import classifiers as study_clf
 
 # ----------------------------------------------------------------------------- subsample
 
@@ -25,16 +26,16 @@ from enflens.latent_store import write_latent_store
 def test_subsample_is_stratified_seeded_and_sorted():
     y = np.repeat([0, 1, 2], [30, 60, 90])
     np.random.default_rng(0).shuffle(y)
-    idx = study.subsample(y, 0.1, seed=3)
+    idx = study_clf.subsample(y, 0.1, seed=3)
     assert np.all(np.diff(idx) > 0)  # sorted, no repeats
     assert np.bincount(y[idx], minlength=3).tolist() == [3, 6, 9]
-    assert np.array_equal(idx, study.subsample(y, 0.1, seed=3))
-    assert not np.array_equal(idx, study.subsample(y, 0.1, seed=4))
-    assert np.bincount(y[study.subsample(y, 0.001, 0)]).tolist() == [1, 1, 1]  # >= 1 per class
-    assert np.array_equal(study.subsample(y, 1.0, 0), np.arange(len(y)))
+    assert np.array_equal(idx, study_clf.subsample(y, 0.1, seed=3))
+    assert not np.array_equal(idx, study_clf.subsample(y, 0.1, seed=4))
+    assert np.bincount(y[study_clf.subsample(y, 0.001, 0)]).tolist() == [1, 1, 1]  # >= 1 per class
+    assert np.array_equal(study_clf.subsample(y, 1.0, 0), np.arange(len(y)))
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="fraction"):
-            study.subsample(y, bad, 0)
+            study_clf.subsample(y, bad, 0)
 
 
 # ----------------------------------------------------------------------------- caching
@@ -54,7 +55,7 @@ def test_train_classifier_caches_and_restores(tmp_path, monkeypatch):
     tr, va = _blobs(0, 96), _blobs(1, 48)
     kw = dict(model_cfg={"hidden": 16}, train_cfg=_CFG, seed=0, cache_dir=tmp_path,
               progress=False, data_tag={"fraction": 1.0})  # fmt: skip
-    m1, h1 = study.train_classifier("cnf_mlp", tr, va, **kw)
+    m1, h1 = study_clf.train_classifier("cnf_mlp", tr, va, **kw)
     assert not h1["cached"] and h1["epochs_run"] == 3
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("cnf_mlp-")
@@ -67,62 +68,62 @@ def test_train_classifier_caches_and_restores(tmp_path, monkeypatch):
         calls.append(1)
         return real_fit(*a, **k)
 
-    monkeypatch.setattr(study.train, "fit", counting_fit)
-    m2, h2 = study.train_classifier("cnf_mlp", tr, va, **kw)
+    monkeypatch.setattr(train, "fit", counting_fit)
+    m2, h2 = study_clf.train_classifier("cnf_mlp", tr, va, **kw)
     assert calls == [] and h2["cached"]
     assert h2["val_acc"] == h1["val_acc"] and h2["train_seconds"] == h1["train_seconds"]
     np.testing.assert_array_equal(train.predict(m1, va[0]), train.predict(m2, va[0]))
 
     # a changed parameter retrains into a new folder
-    study.train_classifier("cnf_mlp", tr, va, **{**kw, "train_cfg": {**_CFG, "epochs": 2}})
+    study_clf.train_classifier("cnf_mlp", tr, va, **{**kw, "train_cfg": {**_CFG, "epochs": 2}})
     assert len(calls) == 1 and len(list(tmp_path.iterdir())) == 2
     # everything that determines the result is in the cache key
-    base = study.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG)
+    base = study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG)
     tr2 = (tr[0].copy(), tr[1])
     tr2[0][0, 0] += 1.0  # one changed number in the training data
     for changed in (
-        study.cache_params("cnf_mlp", tr2, va, model_cfg={"hidden": 16}, train_cfg=_CFG),
-        study.cache_params(
+        study_clf.cache_params("cnf_mlp", tr2, va, model_cfg={"hidden": 16}, train_cfg=_CFG),
+        study_clf.cache_params(
             "cnf_mlp", tr, (va[0], va[1][::-1]), model_cfg={"hidden": 16}, train_cfg=_CFG
         ),  # fmt: skip
-        study.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 17}, train_cfg=_CFG),
-        study.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, seed=1),
-        study.cache_params(
+        study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 17}, train_cfg=_CFG),
+        study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, seed=1),
+        study_clf.cache_params(
             "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, augment_cfg={"noise": 0.2}
         ),  # fmt: skip
-        study.cache_params(
+        study_clf.cache_params(
             "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, data_tag={"fraction": 0.1}
         ),  # fmt: skip
-        study.cache_params(
+        study_clf.cache_params(
             "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg={**_CFG, "train_seconds": 60.0}
         ),  # fmt: skip
     ):
-        assert study.cache_dir_for(tmp_path, "cnf_mlp", changed) != study.cache_dir_for(
+        assert study_clf.cache_dir_for(tmp_path, "cnf_mlp", changed) != study_clf.cache_dir_for(
             tmp_path, "cnf_mlp", base
         )
     # ... but not the progress bar, and defaults spelled out give the same key
-    same = study.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16, "layers": 3},
+    same = study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16, "layers": 3},
                               train_cfg={**_CFG, "progress": False})  # fmt: skip
     assert same == base
 
     # an interrupted run (no params.json marker) is not trusted
     (run_dir / "params.json").unlink()
-    study.train_classifier("cnf_mlp", tr, va, **kw)
+    study_clf.train_classifier("cnf_mlp", tr, va, **kw)
     assert len(calls) == 2 and (run_dir / "params.json").exists()
 
 
 def test_unknown_config_keys_are_rejected():
     tr, va = _blobs(0, 24), _blobs(1, 12)
     with pytest.raises(ValueError, match="unknown keys"):
-        study.train_classifier("cnf_mlp", tr, va, augment_cfg={"max_angle_deg": 10})
+        study_clf.train_classifier("cnf_mlp", tr, va, augment_cfg={"max_angle_deg": 10})
     with pytest.raises(ValueError, match="train_cfg: unknown keys"):
-        study.train_classifier("cnf_mlp", tr, va, train_cfg={"epoch": 1})
-    with pytest.raises(ValueError, match="unknown config keys"):
-        study.train_classifier("cnf_mlp", tr, va, model_cfg={"width": 1})
-    with pytest.raises(ValueError, match="model_cfg for 'resnet18': unknown keys"):
-        study.cache_params("resnet18", tr, va, model_cfg={"hidden": 1})
+        study_clf.train_classifier("cnf_mlp", tr, va, train_cfg={"epoch": 1})
+    with pytest.raises(ValueError, match="unknown keys"):
+        study_clf.train_classifier("cnf_mlp", tr, va, model_cfg={"width": 1})
+    with pytest.raises(ValueError, match="model config of 'resnet18': unknown keys"):
+        study_clf.cache_params("resnet18", tr, va, model_cfg={"hidden": 1})
     with pytest.raises(ValueError, match="unknown model"):
-        study.input_kind("vit")
+        registry.input_kind("vit")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -147,7 +148,7 @@ def test_evaluate_on_hand_made_predictions():
             [0.5, 0.2, 0.3],  # 2 -> 0
         ]
     )
-    r = study.evaluate_scores(y, p)
+    r = metrics.evaluate_scores(y, p)
     assert r["accuracy"] == pytest.approx(4 / 6)
     assert r["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # class 0 scores: positives {0.7, 0.3}, negatives {0.2, 0.1, 0.4, 0.5}: pairs won 4 + 2 = 6/8
@@ -158,7 +159,7 @@ def test_evaluate_on_hand_made_predictions():
     roc = r["roc"]["cdm"]
     assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and len(roc["fpr"]) == len(roc["tpr"])
     # the model path: logits = log p give back the same probabilities
-    r2 = study.evaluate(_Identity(), np.log(p).astype(np.float32), y)
+    r2 = metrics.evaluate(_Identity(), np.log(p).astype(np.float32), y)
     assert r2["confusion"] == r["confusion"]
     assert r2["auc_macro"] == pytest.approx(r["auc_macro"], abs=1e-6)
     json.dumps(r)  # plain Python, ready for save_results
@@ -168,7 +169,7 @@ def test_roc_curves_are_downsampled_keeping_the_ends():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 3000)
     p = rng.dirichlet(np.ones(3), 3000)
-    for curve in study.evaluate_scores(y, p)["roc"].values():
+    for curve in metrics.evaluate_scores(y, p)["roc"].values():
         assert 50 < len(curve["fpr"]) <= 101
         assert (curve["fpr"][0], curve["tpr"][0], curve["fpr"][-1], curve["tpr"][-1]) == (
             0, 0, 1, 1,
@@ -202,7 +203,7 @@ def test_rotating_an_image_by_90_degrees_moves_content_like_the_latent_action():
         contexts=np.zeros((1, 1, 1), np.float32),
         windows=np.ones((1, 1), np.float32),
     )
-    moved = study.rotate_latents(z, 90.0)
+    moved = rotation.rotate_latents(z, 90.0)
     np.testing.assert_allclose(moved.positions[0, 0], [-y, x], atol=1e-6)
     np.testing.assert_allclose(moved.orientations[0, 0], math.pi / 2, atol=1e-6)
     # ... which is where the image content went
@@ -231,10 +232,10 @@ def test_continuous_rotation_sign_matches_latent_action():
             positions=p[None, None], orientations=np.zeros((1, 1), np.float32),
             contexts=np.zeros((1, 1, 1), np.float32), windows=np.ones((1, 1), np.float32),
         )  # fmt: skip
-        moved = study.rotate_latents(z, angle).positions[0, 0]
+        moved = rotation.rotate_latents(z, angle).positions[0, 0]
         assert np.linalg.norm(_centroid(rot) - moved) < 0.01
         # negative control: the opposite sense does not match
-        wrong = study.rotate_latents(z, -angle).positions[0, 0]
+        wrong = rotation.rotate_latents(z, -angle).positions[0, 0]
         assert np.linalg.norm(_centroid(rot) - wrong) > 0.1 * np.linalg.norm(p)
 
 
@@ -263,8 +264,8 @@ def test_enf_field_of_rotated_latents_is_the_rotated_image():
     scale = np.abs(base[0][inner]).max()
     for angle in (37.0, 201.5):
         want = np.asarray(rotate_images(base, math.radians(angle)))[0]
-        got = np.asarray(field(study.rotate_latents(z, angle)))
-        wrong = np.asarray(field(study.rotate_latents(z, -angle)))
+        got = np.asarray(field(rotation.rotate_latents(z, angle)))
+        wrong = np.asarray(field(rotation.rotate_latents(z, -angle)))
         err = np.abs(got - want)[inner].max() / scale
         err_wrong = np.abs(wrong - want)[inner].max() / scale
         assert err < 0.05, err  # bilinear interpolation error only (measured ~0.02)
@@ -272,11 +273,11 @@ def test_enf_field_of_rotated_latents_is_the_rotated_image():
 
 
 def test_rotation_angles_and_latent_action_of_an_invariant_model():
-    a = study.rotation_angles(6, seed=0)
+    a = rotation.rotation_angles(6, seed=0)
     assert a[0] == 0 and len(a) == 6 and np.all(np.diff(a) > 0) and a[-1] < 360
     assert np.all(np.mod(a[1:], 45) > 1e-6)  # not the convenient angles
-    assert np.array_equal(a, study.rotation_angles(6, seed=0))
-    assert study.mean_rotated([0, 10, 20], [1.0, 0.5, 0.7]) == pytest.approx(0.6)
+    assert np.array_equal(a, rotation.rotation_angles(6, seed=0))
+    assert rotation.mean_rotated([0, 10, 20], [1.0, 0.5, 0.7]) == pytest.approx(0.6)
 
     rng = np.random.default_rng(0)
     z = Latents(
@@ -286,14 +287,14 @@ def test_rotation_angles_and_latent_action_of_an_invariant_model():
         windows=np.full((12, 4), 0.4, np.float32),
     )
     y = rng.integers(0, 3, 12)
-    ponita = study.build_model("enf_ponita", z, {"hidden": 8, "basis_dim": 8, "layers": 1}, 0)
-    curve = study.latent_action_curve(ponita, z, y, a)
+    ponita = registry.build_model("enf_ponita", z, {"hidden": 8, "basis_dim": 8, "layers": 1}, 0)
+    curve = rotation.latent_action_curve(ponita, z, y, a)
     assert len(curve) == 6 and len(set(curve)) == 1  # invariant: same predictions at any angle
-    err = study.invariance_error("enf_ponita", ponita, z, seed=1, n=2)
-    mlp = study.build_model("enf_mlp", z, {"hidden": 8}, 0)
-    assert err < 1e-4 < study.invariance_error("enf_mlp", mlp, z, seed=1, n=2)
-    assert study.invariance_error("resnet18", None, z) is None
-    assert study.invariance_error("cnf_mlp", None, z) is None
+    err = rotation.invariance_error("enf_ponita", ponita, z, seed=1, n=2)
+    mlp = registry.build_model("enf_mlp", z, {"hidden": 8}, 0)
+    assert err < 1e-4 < rotation.invariance_error("enf_mlp", mlp, z, seed=1, n=2)
+    assert rotation.invariance_error("resnet18", None, z) is None
+    assert rotation.invariance_error("cnf_mlp", None, z) is None
 
 
 # ----------------------------------------------------------------------------- missing inputs
@@ -302,15 +303,15 @@ def test_rotation_angles_and_latent_action_of_an_invariant_model():
 def test_missing_meta_learning_results_name_the_file(tmp_path):
     path = tmp_path / "results" / "cpu" / "03_meta_learning.json"
     with pytest.raises(FileNotFoundError, match="03_meta_learning.json.*notebook 03"):
-        study.read_meta_learning(path)
+        study_clf.read_meta_learning(path)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"psnr_db": 30.0}))
     with pytest.raises(ValueError, match=r"03_meta_learning\.json lacks"):
-        study.read_meta_learning(path)
+        study_clf.read_meta_learning(path)
     path.write_text(
         json.dumps({"latent_stores": {"enf": {"test": "x/enf_test.h5"}}, "decoders": {"enf": "d"}})
     )
-    meta = study.read_meta_learning(path)
+    meta = study_clf.read_meta_learning(path)
     assert meta.latent_stores["enf"]["test"].is_absolute()
     assert meta.latent_stores["enf"]["test"].parts[-2:] == ("x", "enf_test.h5")
 
@@ -321,21 +322,21 @@ def test_load_inputs_checks_latent_stores(tmp_path):
         f.create_dataset("test/labels", data=np.array([0, 1, 2, 0]))
     missing = tmp_path / "nowhere" / "enf_test.h5"
     with pytest.raises(FileNotFoundError, match=r"nowhere/enf_test\.h5"):
-        study.load_inputs("enf_ponita", "test", dataset_path=ds,
+        study_clf.load_inputs("enf_ponita", "test", dataset_path=ds,
                           latent_stores={"enf": {"test": missing}})  # fmt: skip
     with pytest.raises(ValueError, match="no enf latent store"):
-        study.load_inputs("enf_mlp", "test", dataset_path=ds, latent_stores={})
+        study_clf.load_inputs("enf_mlp", "test", dataset_path=ds, latent_stores={})
     z = Latents(np.zeros((4, 2, 2)), np.zeros((4, 2)), np.zeros((4, 2, 3)), np.ones((4, 2)))
     store = tmp_path / "enf_test.h5"
     prov = dict(kind="enf", model_config={}, decoder_path="d", decoder_hash="abc")
     write_latent_store(store, latents=z, labels=[0, 1, 2, 0], psnr=np.zeros(4), **prov)
-    x, y = study.load_inputs("enf_mlp", "test", dataset_path=ds,
+    x, y = study_clf.load_inputs("enf_mlp", "test", dataset_path=ds,
                              latent_stores={"enf": {"test": store}})  # fmt: skip
     assert isinstance(x, Latents) and x.contexts.shape == (4, 2, 3) and y.tolist() == [0, 1, 2, 0]
     write_latent_store(store, latents=z, labels=[0, 1, 0, 2], psnr=np.zeros(4), **prov)
     with pytest.raises(ValueError, match="does not match split 'test'"):
-        study.load_inputs("enf_mlp", "test", dataset_path=ds,
+        study_clf.load_inputs("enf_mlp", "test", dataset_path=ds,
                           latent_stores={"enf": {"test": store}})  # fmt: skip
     with pytest.raises(ValueError, match="expected decoder hash"):
-        study.load_inputs("enf_mlp", "test", dataset_path=ds, expected_decoder_hash="zzz",
+        study_clf.load_inputs("enf_mlp", "test", dataset_path=ds, expected_decoder_hash="zzz",
                           latent_stores={"enf": {"test": store}})  # fmt: skip

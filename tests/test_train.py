@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens import train
-from enflens.classifiers import make_classifier
-from enflens.cnn import make_cnn, rotate_images
+from enflens.classify import train
+from enflens.classify.image_models import make_cnn
+from enflens.classify.latent_models import make_classifier
 from enflens.geometry import pair_invariants
+from enflens.grid import rotate_images
 from enflens.testing import numpy_latents
 
 

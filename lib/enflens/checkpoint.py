@@ -1,7 +1,7 @@
 """Orbax checkpoints of meta-learning runs and of trained decoders.
 
-A pytree (the :class:`enflens.fitting.MetaState`: decoder params, frozen buffers, learned inner
-rates and latent init, optax state, step, PRNG key) is stored as a nested dict of arrays whose
+A pytree (the :class:`enflens.metalearn.outer.MetaState`: decoder params, frozen buffers, learned
+inner rates and latent init, optax state, step, PRNG key) is stored as a nested dict of arrays whose
 keys are the pytree path (``params/decoder/weights/0/value``...), so a checkpoint is readable
 without the code and is restored into a template of the same structure; a missing or
 mis-shaped entry raises a ValueError naming the checkpoint.

@@ -1,4 +1,5 @@
-"""Pixel grids: the map between an image array and coordinates in [-1, 1]^2.
+"""Pixel grids: the map between an image array and coordinates in [-1, 1]^2, the one image
+rotation of the project, the image-shape check and PSNR.
 
 Convention used everywhere in the project: pixel ``image[i, j]`` (row ``i``, column ``j``) of an
 ``H x W`` image sits at the pixel centre ``(x, y) = (-1 + (2j + 1) / W, -1 + (2i + 1) / H)``:
@@ -32,6 +33,25 @@ def make_grid(height: int, width: int | None = None) -> jnp.ndarray:
     ys = -1.0 + (2.0 * np.arange(height) + 1.0) / height
     yy, xx = np.meshgrid(ys, xs, indexing="ij")  # (H, W) each
     return jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=-1), dtype=jnp.float32)
+
+
+def as_nhwc(images: object, what: str) -> np.ndarray | Array:
+    """Images (n, H, W) or (n, H, W, C) as float32 (n, H, W, C): a numpy array, or a jax array
+    when ``images`` is one (also inside ``jit``).
+
+    Raises ValueError naming ``what`` (the argument, e.g. ``"encode(images)"``) for any other
+    shape.
+
+    >>> as_nhwc(np.zeros((2, 4, 4)), "demo").shape
+    (2, 4, 4, 1)
+    """
+    xp = jnp if isinstance(images, jax.Array) else np
+    x = xp.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"{what}: expected images (n, H, W[, C]), got shape {x.shape}")
+    return x
 
 
 def image_to_pixels(images: jnp.ndarray) -> jnp.ndarray:
@@ -108,3 +128,30 @@ def rot90_images(images: Array, k: int = 1) -> Array:
     """
     # np.rot90(., -1) on (row=y, col=x) axes is +90 degrees in the (x, y) plane
     return jnp.rot90(jnp.asarray(images), -k, axes=(1, 2))
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def psnr(pred: Array, target: Array, mask: Array | None = None) -> Array:
+    """Per-image PSNR in dB for values in [0, 1] (peak 1): ``-10 log10(MSE)``.
+
+    Args:
+        pred, target: (B, P, C), (B, H, W) or (B, H, W, C) (jax or numpy).
+        mask: optional pixel mask, (P,) or (H, W), broadcast over batch and channels.
+
+    Returns:
+        (B,) PSNR in dB (MSE floored at 1e-12, so at most 120 dB).
+
+    >>> round(float(psnr(np.zeros((1, 4)), np.full((1, 4), 0.1))[0]), 3)  # MSE 0.01
+    20.0
+    """
+    err = (jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32)) ** 2
+    b = err.shape[0]
+    if mask is None:
+        mse = jnp.mean(err.reshape(b, -1), axis=1)
+    else:
+        m = jnp.asarray(mask, jnp.float32).reshape(-1)  # (P,)
+        err = err.reshape(b, m.size, -1)  # (B, P, C)
+        mse = jnp.sum(err * m[None, :, None], axis=(1, 2)) / (jnp.sum(m) * err.shape[2])
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))

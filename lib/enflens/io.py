@@ -1,4 +1,4 @@
-"""Atomic file writes: nothing is ever left half-written.
+"""Atomic file writes (nothing is ever left half-written) and paths inside the repository.
 
 Every file the project produces (HDF5 stores, JSON results, figures, checkpoints metadata) is
 written to a temporary file in the destination folder and renamed into place, so an interrupted
@@ -14,6 +14,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: Repository root (``lib/enflens/io.py`` -> two levels up from ``lib``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(*parts: str) -> Path:
+    """Absolute path inside the repository (independent of the notebook's working directory)."""
+    return REPO_ROOT.joinpath(*parts)
 
 
 @contextlib.contextmanager

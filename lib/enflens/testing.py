@@ -199,7 +199,7 @@ def numpy_latents(rng: np.random.Generator, b: int = 6, n: int = 9, d: int = 4) 
 
 def lenstronomy_render(p: dict, noise: bool = True) -> np.ndarray:
     """Independent reference render of a stored sample description with lenstronomy's own
-    classes (ImageModel + SingleBand noise), for tests of :mod:`enflens.lensing` and
+    classes (ImageModel + SingleBand noise), for tests of :mod:`enflens.data.lensing` and
     :mod:`enflens.data`.
 
     Args:

@@ -414,9 +414,3 @@ def decode_chunked(
     chunks = padded.reshape(b, n_chunks, chunk_pixels, 2).swapaxes(0, 1)  # (n, B, chunk, 2)
     out = jax.lax.map(lambda c: decoder(c, latents), chunks)  # (n, B, chunk, C)
     return out.swapaxes(0, 1).reshape(b, n_chunks * chunk_pixels, -1)[:, :p]
-
-
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable scalars (``nnx.Param``; frozen RFF frequencies excluded)."""
-    state = nnx.state(model, nnx.Param)
-    return int(sum(x.size for x in jax.tree.leaves(state)))

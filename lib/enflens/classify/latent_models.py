@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from enflens.config import from_dict
 from enflens.geometry import Latents, pair_invariants
 
 Array = jax.Array
@@ -427,14 +428,7 @@ def make_config(name: str, **cfg: Any) -> Any:
     """The config dataclass of classifier ``name`` with fields overridden by ``cfg``."""
     if name not in CLASSIFIER_CONFIGS:
         raise ValueError(f"unknown classifier {name!r}; choose from {sorted(CLASSIFIER_CONFIGS)}")
-    cls = CLASSIFIER_CONFIGS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(cfg) - fields)
-    if bad:
-        raise ValueError(
-            f"classifier {name!r}: unknown config keys {bad}; allowed {sorted(fields)}"
-        )
-    return cls(**cfg)
+    return from_dict(CLASSIFIER_CONFIGS[name], cfg, f"classifier {name!r} config")
 
 
 def make_classifier(
@@ -471,8 +465,3 @@ def make_classifier(
             f"got {context_dim}, {num_latents}"
         )
     return _MODELS[name](config, context_dim=context_dim, num_latents=num_latents, rngs=rngs)
-
-
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (nnx.Param leaves) of a model."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

@@ -6,15 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from enflens.io import atomic_path, write_json
-
-#: Repository root (``lib/enflens/results.py`` -> two levels up from ``lib``).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def repo_path(*parts: str) -> Path:
-    """Absolute path inside the repository (independent of the notebook's working directory)."""
-    return REPO_ROOT.joinpath(*parts)
+from enflens.io import atomic_path, repo_path, write_json
 
 
 def save_results(notebook: str, profile: str, metrics: dict[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""Run the study's notebooks in order through papermill: ``python -m enflens.pipeline run``.
+"""Run the study's notebooks in order through papermill: ``python -m enflens.study.pipeline run``.
 
 Each notebook ``notebooks/NN_name.py`` (the jupytext percent source) is converted to a notebook,
 executed by papermill with the parameters of the chosen profile (``profiles/<profile>.yaml``:
@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from enflens.io import atomic_path, write_json
-from enflens.results import PROFILE_ENV, repo_path
+from enflens.io import atomic_path, repo_path, write_json
+from enflens.study.results import PROFILE_ENV
 
 KERNEL_NAME = "enflens"
 PROFILES = ("smoke", "cpu", "full")
@@ -221,7 +221,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enflens.pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m enflens.study.pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the notebooks with a profile")
     r.add_argument("--profile", default="cpu", help="smoke | cpu | full (default: cpu)")

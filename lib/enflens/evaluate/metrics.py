@@ -8,7 +8,7 @@ empirical ROC curve with ties counted one half.
 
 Robustness helpers: :func:`invariance_error` (random continuous SE(2) transforms of latent point
 clouds), :func:`rotation_error` and :func:`accuracy_under_rotation` (image rotations with
-:func:`enflens.cnn.rotate_images`, the same bilinear rotation as the training augmentation).
+:func:`enflens.grid.rotate_images`, the same bilinear rotation as the training augmentation).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from enflens.cnn import rotate_images
+from enflens.classify.train import predict
+from enflens.data.lensing import CLASS_NAMES
 from enflens.geometry import Latents, random_se2
-from enflens.train import predict
-
-CLASS_NAMES = ("no_sub", "cdm", "axion")
+from enflens.grid import rotate_images
 
 
 def _labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +213,7 @@ def rotation_error(model: nnx.Module, images: Any, angle: float, *, batch_size: 
     """Relative change of the logits when the images are rotated by ``angle`` radians.
 
     ``max |l(R x) - l(x)| / max |l(x)|`` with R the bilinear rotation of
-    :func:`enflens.cnn.rotate_images`. Images (B, H, W[, C]).
+    :func:`enflens.grid.rotate_images`. Images (B, H, W[, C]).
     """
     base = predict(model, images, batch_size=batch_size)
     rotated = np.asarray(rotate_images(images, angle))
@@ -235,3 +234,43 @@ def accuracy_under_rotation(
         rotated = np.asarray(rotate_images(images, float(a)))
         out.append(accuracy(labels, predict(model, rotated, batch_size=batch_size)))
     return np.asarray(out)
+
+
+def downsample_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 101) -> dict:
+    """At most ``max_points`` points of a ROC curve (evenly spaced in index, ends kept)."""
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    if len(fpr) > max_points:
+        idx = np.unique(np.round(np.linspace(0, len(fpr) - 1, max_points)).astype(int))
+        fpr, tpr = fpr[idx], tpr[idx]
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
+def evaluate_scores(labels: Any, probabilities: Any, max_roc_points: int = 101) -> dict:
+    """Test metrics from class probabilities.
+
+    Args:
+        labels: (n,) ints; probabilities: (n, 3) scores (rows sum to 1 for probabilities; the
+            ROC quantities only use each column's ranking).
+
+    Returns:
+        {accuracy, auc_macro, auc_per_class {class: auc}, confusion (3x3 list, [true][pred]),
+        roc {class: {fpr: [...], tpr: [...]}} with at most ``max_roc_points`` points each}.
+    """
+    rep = classification_report(labels, probabilities)
+    curves = roc_curves_ovr(labels, probabilities)
+    return {
+        "accuracy": rep["accuracy"],
+        "auc_macro": rep["auc_macro"],
+        "auc_per_class": rep["auc_per_class"],
+        "confusion": rep["confusion_matrix"],
+        "roc": {
+            CLASS_NAMES[c]: downsample_curve(fpr, tpr, max_roc_points)
+            for c, (fpr, tpr, _) in enumerate(curves)
+        },
+    }
+
+
+def evaluate(model: nnx.Module, x_test: Any, y_test: Any, *, batch_size: int = 256) -> dict:
+    """:func:`evaluate_scores` of the model's softmax probabilities on the test inputs."""
+    probs = predict(model, x_test, batch_size=batch_size, probabilities=True)
+    return evaluate_scores(y_test, probs)

@@ -21,7 +21,7 @@ File attributes: ``format``, ``recipe``, ``class_names`` (JSON), ``seed``, ``enf
 full recipe), ``n_per_class`` (JSON), ``sha256_<split>`` (of the C-order float32 image bytes),
 ``generation_seconds`` (wall time, all included) and ``images_per_second`` (simulation and
 writing, after the one-time lenstronomy import and numba compilation). Together with
-:mod:`enflens.lensing` these rebuild every sample's exact lenstronomy kwargs
+:mod:`enflens.data.lensing` these rebuild every sample's exact lenstronomy kwargs
 (:func:`sample_params`).
 
 Sample ``index`` of split ``s`` draws from ``numpy.random.default_rng([seed, split_id(s),
@@ -53,8 +53,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from enflens import __version__, lensing
-from enflens.cache import stage_path
+from enflens import __version__
+from enflens.data import lensing
 from enflens.io import atomic_path
 
 FORMAT = "enflens-lensing-v1"
@@ -266,31 +266,6 @@ def generate(
     return out
 
 
-def study_dataset_params(
-    recipe: str, n_train: int, n_val: int, n_test: int, seed: int
-) -> dict[str, Any]:
-    """The parameters that name the study dataset (hashed by :func:`study_dataset_path`)."""
-    return {
-        "recipe": recipe,
-        "n_train": int(n_train),
-        "n_val": int(n_val),
-        "n_test": int(n_test),
-        "seed": int(seed),
-        "format": FORMAT,
-    }
-
-
-def study_dataset_path(recipe: str, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
-    """Cached location ``data/<recipe>-<hash>.h5`` of the study dataset for these parameters.
-
-    ``n_*`` are images per class. Notebook 01 generates the file (and records its parameters
-    with ``enflens.cache.record_params``); later notebooks call this with the same common
-    parameters (RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED) to find it.
-    """
-    params = study_dataset_params(recipe, n_train, n_val, n_test, seed)
-    return stage_path("data", recipe, params, ".h5")
-
-
 # --- loading --------------------------------------------------------------------------------
 @dataclasses.dataclass
 class LensingSet:
@@ -423,10 +398,10 @@ def sample_params(file: str | Path | h5py.File, split: str, index: int) -> dict[
         index: sample index in the split.
 
     Returns:
-        :func:`enflens.lensing.describe` dict: ``lens_model_list``, ``kwargs_lens``,
+        :func:`enflens.data.lensing.describe` dict: ``lens_model_list``, ``kwargs_lens``,
         ``source_model_list``, ``kwargs_source``, ``kwargs_band``, ``kwargs_numerics``,
         ``num_pix``, ``noise_seed``, ``m_a`` (eV or None), ``label``, ... ;
-        ``enflens.lensing.render(params, noise=True)`` reproduces the raw image.
+        ``enflens.data.lensing.render(params, noise=True)`` reproduces the raw image.
     """
     if isinstance(file, h5py.File):
         return _sample_params(file, Path(file.filename), split, index)

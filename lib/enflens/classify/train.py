@@ -40,8 +40,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from enflens.cnn import rotate_images
 from enflens.geometry import Latents, random_se2
+from enflens.grid import rotate_images
 from enflens.io import write_json
 
 Array = jax.Array
@@ -129,7 +129,7 @@ def latent_augmentation(
 def image_augmentation(max_angle: float = math.pi) -> Augment:
     """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians).
 
-    Bilinear interpolation with zero fill (:func:`enflens.cnn.rotate_images`); ``max_angle = pi``
+    Bilinear interpolation with zero fill (:func:`enflens.grid.rotate_images`); ``max_angle = pi``
     matches torchvision's ``RandomRotation(180)``. Returns ``augment(key, images) -> images``.
     """
 

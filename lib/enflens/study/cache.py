@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from enflens.io import _to_jsonable, write_json
-from enflens.results import repo_path
+from enflens.io import _to_jsonable, repo_path, write_json
 
 
 def param_hash(params: dict[str, Any], length: int = 10) -> str:

@@ -13,7 +13,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from enflens.results import PROMISED_KEYS, repo_path
+from enflens.io import repo_path
+from enflens.study.results import PROMISED_KEYS
 
 #: Published results on DeepLenseSim Model II ("Model A" in the slides) and the ENF slides.
 #: Source: Cheeramvelil et al., NeurIPS 2023 ML4PS workshop; DeepLense repository (see RECIPES).
@@ -105,3 +106,45 @@ def collect(profile: str, results_dir: Path | None = None) -> dict[str, Any]:
     timings = repo_path("runs", profile, "timings.json")
     out["notebook_seconds"] = json.loads(timings.read_text()) if timings.exists() else {}
     return out
+
+
+def model_entry(hist: dict[str, Any], test: dict[str, Any], n_params: int) -> dict[str, Any]:
+    """One model's results record: test metrics (:func:`evaluate`), size, training summary and
+    the per-epoch curves (``history``: val_acc, val_loss, train_loss, epoch_seconds)."""
+    return {
+        **test,
+        "n_params": int(n_params),
+        "train_seconds": float(hist["train_seconds"]),
+        "best_epoch": int(hist["best_epoch"]),
+        "best_val_acc": float(hist["best_val_acc"]),
+        "epochs_run": int(hist["epochs_run"]),
+        "steps": int(hist["steps"]),
+        "stop_reason": hist["stop_reason"],
+        "restored_from_cache": bool(hist.get("cached", False)),
+        "history": {
+            k: [float(v) for v in hist[k]]
+            for k in ("val_acc", "val_loss", "train_loss", "epoch_seconds")
+        },
+    }
+
+
+def results_table(models: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the per-model results (accuracy, AUC, rotations, size, time)."""
+    head = (
+        "| model | accuracy | AUC (macro) | rotated acc. | latent-action acc. | "
+        "invariance err. | params | train s | best epoch |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows = [
+        f"| {name} | {f(r['accuracy'], '.4f')} | {f(r['auc_macro'], '.4f')} | "
+        f"{f(r.get('rotated_accuracy'), '.4f')} | "
+        f"{f(r.get('rotated_accuracy_latent_action'), '.4f')} | "
+        f"{f(r.get('invariance_error'), '.1e')} | {r['n_params']:,} | "
+        f"{f(r['train_seconds'], '.0f')} | {r['best_epoch']} |"
+        for name, r in models.items()
+    ]
+    return head + "\n".join(rows)

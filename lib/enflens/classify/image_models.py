@@ -37,21 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Image rotation lives with the pixel-grid convention it is defined in; re-exported here.
-from enflens.grid import rot90_images, rotate_images  # noqa: F401
+from enflens.config import from_dict
+from enflens.grid import as_nhwc
 
 Array = jax.Array
 GROUP_ORDER = 8  # C8: rotations by multiples of 45 degrees
-
-
-def _as_nhwc(images: Array) -> Array:
-    """(B, H, W) or (B, H, W, C) -> (B, H, W, C) float32."""
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, H, W) or (B, H, W, C), got shape {images.shape}")
-    return images
 
 
 # ----------------------------------------------------------------------------- ResNet18
@@ -141,7 +131,7 @@ class ResNet18(nnx.Module):
         self.head = nnx.Linear(cin, cfg.num_classes, rngs=rngs)
 
     def __call__(self, images: Array) -> Array:
-        x = _as_nhwc(images)
+        x = as_nhwc(jnp.asarray(images), f"{type(self).__name__}(images)")
         x = nnx.relu(self.stem_bn(self.stem(x)))
         if self.cfg.stem == "standard":
             x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -340,7 +330,7 @@ class C8GCNN(nnx.Module):
 
     def features(self, images: Array) -> Array:
         """Rotation-invariant features (B, C_last): group max-pool then spatial mean."""
-        x = _as_nhwc(images)
+        x = as_nhwc(jnp.asarray(images), f"{type(self).__name__}(images)")
         div = 2 ** (len(self.cfg.channels) - 1)
         if x.shape[1] % div or x.shape[2] % div:
             raise ValueError(f"C8GCNN: image size {x.shape[1:3]} must be divisible by {div}")
@@ -374,12 +364,4 @@ def make_cnn(name: str, *, rngs: nnx.Rngs, **cfg: Any) -> nnx.Module:
     """
     if name not in _CNN_MODELS:
         raise ValueError(f"make_cnn: unknown model {name!r}; choose from {sorted(_CNN_MODELS)}")
-    cls = CNN_CONFIGS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(cfg) - fields)
-    if bad:
-        raise ValueError(f"make_cnn({name!r}): unknown config keys {bad}; allowed {sorted(fields)}")
-    for k in ("channels", "layers_per_stage"):
-        if isinstance(cfg.get(k), list):
-            cfg[k] = tuple(cfg[k])
-    return _CNN_MODELS[name](cls(**cfg), rngs=rngs)
+    return _CNN_MODELS[name](from_dict(CNN_CONFIGS[name], cfg, f"make_cnn({name!r})"), rngs=rngs)
