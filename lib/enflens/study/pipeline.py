@@ -62,9 +62,31 @@ def load_profile(profile: str, folder: Path | None = None) -> dict[str, dict[str
 
 
 def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:
-    """Parameters papermill injects into ``notebook`` (stem, e.g. ``03_meta_learning``)."""
+    """Parameters papermill injects into ``notebook`` (stem, e.g. ``03_meta_learning``).
+
+    The notebook's ``parameters`` cell holds the one default of every value (the ``cpu``
+    study); a profile holds only what differs: its ``common`` section and the notebook's own
+    section, in that order. A dict-valued parameter is overridden key by key (one level), so
+    ``META: {num_steps: 40}`` changes one Meta-SGD setting and keeps the others.
+    """
     data = load_profile(profile)
-    return {**data["common"], **data.get(notebook, {})}
+    overrides = {**data["common"], **data.get(notebook, {})}
+    source = repo_path("notebooks", f"{notebook}.py")
+    defaults = parameter_defaults(source) if source.exists() else {}
+    return {k: merge_override(defaults.get(k), v) for k, v in overrides.items()}
+
+
+def merge_override(default: Any, value: Any) -> Any:
+    """``value`` with, for two dicts, the default's keys that ``value`` does not set.
+
+    >>> merge_override({"a": 1, "b": 2}, {"b": 3})
+    {'a': 1, 'b': 3}
+    >>> merge_override(5, 6)
+    6
+    """
+    if isinstance(default, dict) and isinstance(value, dict):
+        return {**default, **value}
+    return value
 
 
 def to_notebook(source: Path):
