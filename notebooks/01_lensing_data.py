@@ -54,14 +54,13 @@ N_STATS = 3000  # parameter draws per class for the class statistics
 
 # %%
 import json
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from enflens import data
 from enflens.data import lensing
-from enflens.study.cache import is_cached, record_params
+from enflens.study import stages
 from enflens.study.results import save_results, savefig
 
 CLASSES = lensing.CLASS_NAMES
@@ -144,19 +143,12 @@ print(
 #
 # The later notebooks train on `RECIPE` with `N_TRAIN`/`N_VAL`/`N_TEST` images **per class**
 # (labels interleaved: sample $i$ has label $i \bmod 3$). The file's name carries a hash of
-# these parameters (`enflens.data.study_dataset_path`), so a rerun with the same parameters
+# these parameters (`enflens.study.stages.dataset`), so a rerun with the same parameters
 # reuses it and any change regenerates it.
 
 # %%
-params = data.study_dataset_params(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
-path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
-reused = is_cached(path)
-if not reused:
-    t0 = time.perf_counter()
-    data.generate(RECIPE, N_TRAIN, DATA_SEED, path, workers=WORKERS, n_val=N_VAL, n_test=N_TEST)
-    record_params(path, params)
-    print(f"generated in {time.perf_counter() - t0:.1f} s")
-splits = {s: data.load(path, s, recipe=RECIPE, verify=True) for s in data.SPLITS}
+ds = stages.dataset(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED, workers=WORKERS)
+path, splits, reused = ds.path, ds.splits, ds.cached
 attrs = splits["train"].attrs
 print(f"{'reused' if reused else 'wrote'} {path.name}")
 for s, d in splits.items():

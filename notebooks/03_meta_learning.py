@@ -42,13 +42,13 @@
 # $\psi$ contains Hessian-vector products of the inner loss). The decoder thereby learns to be
 # easy to fit: after training, one encoding is $K$ gradient evaluations, done for a whole batch
 # at once. The ENF initialisation puts the positions on a $5\times5$ grid with orientations $0$
-# and one learned context vector shared by all latents (`enflens.fitting`), so the starting
+# and one learned context vector shared by all latents (`enflens.fields.adapters`), so the starting
 # cloud carries no image-specific information.
 #
 # **The baseline** is a Functa-style conditional neural field (`enflens.fields.cnf`): a SIREN whose
 # layers are shifted by a linear function of one global latent *vector*, fitted by the same
 # Meta-SGD loop. It gets exactly as many latent floats per image as the ENF (positions +
-# orientations + contexts), and the same wall-time training budget.
+# orientations + contexts), and the same number of outer steps.
 #
 # This notebook trains both on the study dataset, encodes every image of the train,
 # validation and test splits into **latent stores** (notebook 05 classifies them), and measures
@@ -64,49 +64,39 @@ N_TEST = 1000
 DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 SEED = 0  # decoder initialisation, data order and pixel subsets
-# ENF decoder (enflens.fields.enf.ENFConfig fields) and its Meta-SGD adapter (enflens.adapters.enf_adapter):
-# the cpu-sized decoder (hidden 64, k = 4) and the rates that trained it fastest (bench/fitting.py)
+# ENF decoder (enflens.fields.enf.ENFConfig fields) and its Meta-SGD adapter
+# (enflens.fields.adapters.enf_adapter): the cpu-sized decoder (hidden 64, k = 4)
 ENF_CONFIG = {"num_latents": 25, "latent_dim": 32, "hidden": 64, "num_heads": 2, "k_nearest": 4,
               "num_rff": 32}  # fmt: skip
 ENF_ADAPTER = {"lr_positions": 1.0, "lr_orientations": 1.0, "lr_contexts": 150.0}
 # CNF decoder (enflens.fields.cnf.CNFConfig fields); latent_dim is set to the ENF's latent floats
 CNF_CONFIG = {"hidden": 128, "num_layers": 3, "w0": 30.0}
 CNF_ADAPTER = {"lr_init": 1.0}
-# Meta-SGD settings (enflens.outer.MetaConfig fields) of both models, then per-model changes
-# (the SIREN CNF needs a much lower outer rate than the ENF)
+# Meta-SGD settings (enflens.metalearn.outer.MetaConfig fields) of both models, then per-model
+# changes (the SIREN CNF needs a much lower outer rate than the ENF). num_steps is the budget:
+# the same number of outer steps for both fields (measured on 2 cores: ENF ~5.1, CNF ~8.3
+# steps/s, so 1,200 steps take ~4 and ~2.5 minutes).
 META = {"inner_steps": 3, "inner_pixels": 256, "outer_pixels": 512, "batch_size": 8,
-        "outer_lr": 1e-2, "lr_lr": 1e-2, "warmup_steps": 50, "first_order": False}  # fmt: skip
+        "outer_lr": 1e-2, "lr_lr": 1e-2, "warmup_steps": 50, "first_order": False,
+        "num_steps": 1200, "eval_every": 150}  # fmt: skip
 META_OVERRIDES = {"enf": {}, "cnf": {"outer_lr": 3e-4}}
-TRAIN_SECONDS = 270  # wall-time budget of each model's meta-training (the same for both)
 EVAL_IMAGES = 64  # validation images of the PSNR logged during training
 FIT = {"pixels": 1024, "sampling": "stratified", "batch_size": 64}  # encoding (inner steps: META)
 N_CLEAN = 300  # validation images scored against their noise-free re-render
 N_ROTATION = 64  # validation images of the rotation check (FIT batch_size: no recompilation)
 
 # %%
-import dataclasses
 import json
 import time
 
-import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from enflens import data, grid
-from enflens.data import renders
-from enflens.evaluate import rotation
-from enflens.fields import adapters
-from enflens.fields.cnf import CNFConfig
-from enflens.fields.enf import ENFConfig
-from enflens.metalearn import encode as encode_mod
-from enflens.metalearn import outer
-from enflens.metalearn.latent_store import read_latent_store
-from enflens.study.cache import is_cached, record_params, stage_path
-from enflens.study.results import repo_path, save_results, savefig
-from enflens.viz import show_image
+from enflens.data.renders import noise_free_images
+from enflens.evaluate import reconstruction, rotation
+from enflens.study import figures, stages
+from enflens.study.results import save_results, savefig
 
-KINDS = ("enf", "cnf")
-COLORS = {"enf": "tab:blue", "cnf": "tab:orange"}
+KINDS = stages.FIELD_KINDS
 t_notebook = time.perf_counter()
 
 # %% [markdown]
@@ -116,233 +106,92 @@ t_notebook = time.perf_counter()
 # are $64\times64$, normalised per image by their maximum, labels `no_sub`, `cdm`, `axion`.
 
 # %%
-ds_path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
-if not is_cached(ds_path):
-    raise FileNotFoundError(f"{ds_path} not found: run notebook 01 with profile {PROFILE!r} first")
-splits = {s: data.load(ds_path, s, recipe=RECIPE) for s in data.SPLITS}
-CLASSES = splits["train"].class_names
-image_shape = (*splits["train"].images.shape[1:], 1)  # (H, W, C)
-for s, d in splits.items():
+ds = stages.dataset(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED, generate=False)
+CLASSES = ds.splits["train"].class_names
+for s, d in ds.splits.items():
     print(f"{s:5s} {d.images.shape}")
 
 # %% [markdown]
-# ## The two models
+# ## Meta-training with equal step budgets
 #
-# Both decoders are built from the parameter cell. The CNF latent dimension is set to the
-# number of floats the ENF fits per image, $N\,(2 + 1 + D)$.
+# Both decoders are built from the parameter cell; the CNF latent dimension is set to the
+# number of floats the ENF fits per image, $N\,(2 + 1 + D)$. Each is meta-trained for exactly
+# `META["num_steps"]` outer steps (warm-up, then cosine decay over exactly those steps), with
+# the validation PSNR after $K$ inner steps logged every `META["eval_every"]` steps on
+# `EVAL_IMAGES` images.
+#
+# **Caching.** `stages.decoder` stores the trained decoder as an orbax checkpoint at
+# `checkpoints/<kind>_decoder-<hash>`, the hash taken over everything that determines it:
+# dataset, model and Meta-SGD configs (step count included), seed and the stage's code version.
+# A rerun restores it with its training history; the numbers do not depend on the machine.
 
 # %%
-enf_adapter = adapters.enf_adapter(ENFConfig(**ENF_CONFIG), seed=SEED, **ENF_ADAPTER)
-n_floats = adapters.latent_floats(enf_adapter)
-cnf_adapter = adapters.cnf_adapter(
-    CNFConfig(**{**CNF_CONFIG, "latent_dim": n_floats}), seed=SEED, **CNF_ADAPTER
-)
-adapters = {"enf": enf_adapter, "cnf": cnf_adapter}
-meta_cfgs = {
-    k: outer.MetaConfig(
-        **{**META, **META_OVERRIDES.get(k, {})}, seed=SEED, eval_images=EVAL_IMAGES
-    )
+field_cfg = {"enf_config": ENF_CONFIG, "enf_adapter": ENF_ADAPTER, "cnf_config": CNF_CONFIG,
+             "cnf_adapter": CNF_ADAPTER, "seed": SEED}  # fmt: skip
+decs = {
+    k: stages.decoder(k, ds, adapter=stages.field_adapter(k, **field_cfg),
+                      meta={**META, **META_OVERRIDES.get(k, {})}, seed=SEED,
+                      eval_images=EVAL_IMAGES)
     for k in KINDS
-}
-n_params = {k: int(sum(x.size for x in jax.tree.leaves(a.params))) for k, a in adapters.items()}
-for k, a in adapters.items():
-    print(f"{k}: {n_params[k]:,} decoder parameters, {adapters.latent_floats(a)} latent floats")
-    print(f"     {json.dumps(a.model_config)}")
-print(meta_cfgs["enf"])
-
-# %% [markdown]
-# ## Meta-training with equal wall-time budgets
-#
-# Each model gets `TRAIN_SECONDS` of wall time. The learning-rate schedule (warm-up, then cosine
-# decay) needs the number of outer steps in advance, so `fit_eval.meta_train_for` first times a
-# few steps and then runs `outer.meta_train` for as many steps as fit the budget; a tenth of
-# the budget is left for the validation PSNR logged along the way (on `EVAL_IMAGES` images).
-#
-# **Caching.** The trained decoder is an orbax checkpoint at
-# `checkpoints/<kind>_decoder-<hash>`, the hash taken over everything that determines it (dataset
-# file, model and Meta-SGD configs, budget, seed). If it exists it is reused together with its
-# training history (stored in its `meta.json`); delete it to retrain.
-
-
-# %%
-def decoder_cache_params(kind: str) -> dict:
-    cfg = dataclasses.asdict(meta_cfgs[kind])
-    for name in ("num_steps", "eval_every", "checkpoint_every"):  # set by meta_train_for
-        cfg.pop(name)
-    return {
-        "dataset": ds_path.name,
-        "kind": kind,
-        "model_config": adapters[kind].model_config,
-        "meta_config": cfg,
-        "train_seconds": TRAIN_SECONDS,
-        "seed": SEED,
-    }
-
-
-decoder_paths, reused = {}, {}
-for kind in KINDS:
-    params = decoder_cache_params(kind)
-    path = stage_path("checkpoints", f"{kind}_decoder", params)
-    reused[f"{kind}_decoder"] = is_cached(path)
-    if not reused[f"{kind}_decoder"]:
-        run = fit_eval.meta_train_for(
-            adapters[kind], splits["train"].images, meta_cfgs[kind], TRAIN_SECONDS,
-            val_images=splits["val"].images[:EVAL_IMAGES],
-        )  # fmt: skip
-        extra = {
-            "dataset": ds_path.name,
-            "meta_config": dataclasses.asdict(run.config),
-            "history": run.result.history,
-            "train_seconds": run.seconds,
-            "outer_steps": run.config.num_steps,
-            "calibration_steps_per_second": run.calibration_steps_per_second,
-        }
-        adapters.save_trained(path, adapters[kind], run.result.state.params, image_shape, extra)
-        record_params(path, params)
-    decoder_paths[kind] = path
-    print(f"{kind}: {'reused' if reused[f'{kind}_decoder'] else 'trained'} {path.name}")
-
-# The rest of the notebook uses the decoders as stored (identical whether trained or reused).
-models = {k: adapters.load_trained(p) for k, p in decoder_paths.items()}  # (adapter, params, meta)
-for kind, (_, params, meta) in models.items():
-    rates = jax.tree.map(lambda a: float(np.mean(a)), models[kind][0].inner_rates(params))
-    print(
-        f"{kind}: {meta['outer_steps']} outer steps in {meta['train_seconds']:.0f} s "
-        f"({meta['outer_steps'] / meta['train_seconds']:.2f} steps/s); "
-        f"mean learned inner rates {rates}"
-    )
+}  # fmt: skip
+for k, d in decs.items():
+    print(f"{k}: {'restored' if d.cached else 'trained'} {d.path.name}: {d.num_params:,} decoder "
+          f"parameters, {d.latent_floats} latent floats, {d.meta['outer_steps']} outer steps in "
+          f"{d.meta['train_seconds']:.0f} s")  # fmt: skip
 
 # %% [markdown]
 # ### Training curves
 #
 # The outer loss (median over the logging interval, on the training batches after $K$ inner
 # steps) and the validation PSNR after $K$ steps, against outer steps and against wall time.
-# The right-hand column is the comparison at **equal training time**.
 
 # %%
-hist = {k: outer.history_table(m[2]["history"]) for k, m in models.items()}
-fig, axes = plt.subplots(2, 2, figsize=(11, 7), layout="constrained")
-for kind, h in hist.items():
-    kw = {"color": COLORS[kind], "label": kind.upper()}
-    axes[0, 0].semilogy(h["step"], h["loss"], **kw)
-    axes[0, 1].semilogy(h["seconds"], h["loss"], **kw)
-    if len(h["val_step"]):
-        axes[1, 0].plot(h["val_step"], h["val_psnr"][:, -1], "o-", **kw)
-        axes[1, 1].plot(h["val_seconds"], h["val_psnr"][:, -1], "o-", **kw)
-for ax in axes[:, 0]:
-    ax.set_xlabel("outer step")
-for ax in axes[:, 1]:
-    ax.set_xlabel("wall time (s)")
-    ax.axvline(TRAIN_SECONDS, color="k", ls=":", lw=0.8)
-for ax in axes[0]:
-    ax.set_ylabel("outer MSE (train batches)")
-for ax in axes[1]:
-    ax.set_ylabel(f"val PSNR after {META['inner_steps']} steps (dB)")
-axes[0, 0].legend()
-fig.suptitle(f"Meta-SGD training, {TRAIN_SECONDS} s budget each")
+fig = figures.training_curves({k: d.meta["history"] for k, d in decs.items()}, META["inner_steps"])
 savefig(fig, "03_meta_learning_training")
 
 # %% [markdown]
 # ## Encoding every image into a latent store
 #
 # Each split is encoded with the trained decoder: $K$ inner steps from the learned
-# initialisation, `FIT["pixels"]` pixels per step (as in training), `FIT["batch_size"]` images
-# per jitted call. A store (`enflens.metalearn.latent_store`) keeps the latents, labels, the PSNR of each
-# fit and the hash of its decoder; its file name carries a hash of the decoder hash, the split
-# and these settings, so a rerun reuses it.
+# initialisation, `FIT["pixels"]` pixels per step, `FIT["batch_size"]` images per jitted call.
+# A store (`enflens.metalearn.latent_store`) keeps the latents, labels, the PSNR of each fit
+# and the hash of its decoder; its file name carries a hash of the decoder hash, the split and
+# these settings, so a rerun reuses it. The throughput is one timed batch (a timing only).
 
 # %%
 K = META["inner_steps"]
-fit_settings = {
-    "steps": K,
-    "pixels": FIT["pixels"],
-    "sampling": FIT["sampling"],
-    "batch_size": FIT["batch_size"],
-    "seed": SEED,
-}
-store_paths: dict[str, dict] = {k: {} for k in KINDS}
-stores: dict[str, dict] = {k: {} for k in KINDS}
-for kind, (adapter, params, meta) in models.items():
-    for split, d in splits.items():
-        sp = {"decoder_hash": meta["hash"], "dataset": ds_path.name, "split": split, **fit_settings}
-        path = stage_path("data", f"latents_{kind}_{split}", sp, ".h5")
-        reused[f"{kind}_{split}"] = is_cached(path)
-        if not reused[f"{kind}_{split}"]:
-            t0 = time.perf_counter()
-            encode_mod.encode_dataset(
-                adapter, params, d.images, d.labels, path,
-                decoder_path=str(decoder_paths[kind].relative_to(repo_path())),
-                decoder_hash=meta["hash"], decoder_image_shape=image_shape,
-                steps=K, pixels=FIT["pixels"], sampling=FIT["sampling"],
-                batch_size=FIT["batch_size"], seed=SEED,
-                extra_attrs={"dataset": ds_path.name, "split": split,
-                             "batch_size": FIT["batch_size"]},
-            )  # fmt: skip
-            record_params(path, sp)
-            print(f"{kind} {split}: encoded {len(d)} images in {time.perf_counter() - t0:.0f} s")
-        stores[kind][split] = read_latent_store(
-            path, expected_hash=meta["hash"], expected_kind=kind
-        )
-        assert np.array_equal(stores[kind][split].labels, d.labels), path
-        store_paths[kind][split] = path
-    print(kind, {s: f"{st.psnr.mean():.2f} dB" for s, st in stores[kind].items()})
-
-# %% [markdown]
-# Fitting throughput: one jitted batch of `FIT["batch_size"]` validation images, median of three
-# timed calls after a warm-up call (the cost of one encoding, independent of the cache).
-
-# %%
-fit_ips = {}
-batch = splits["val"].images[: FIT["batch_size"]]
-batch = np.concatenate([batch] * -(-FIT["batch_size"] // len(batch)))[: FIT["batch_size"]]
-for kind, (adapter, params, _) in models.items():
-    times = []
-    for rep in range(4):
-        t0 = time.perf_counter()
-        _, s = encode_mod.fit_latents(
-            adapter, params, batch, steps=K, pixels=FIT["pixels"], sampling=FIT["sampling"],
-            key=jax.random.PRNGKey(rep),
-        )  # fmt: skip
-        jax.block_until_ready(s)
-        times.append(time.perf_counter() - t0)
-    fit_ips[kind] = len(batch) / float(np.median(times[1:]))
-    print(f"{kind}: {fit_ips[kind]:.1f} images/s")
+fit_settings = {"steps": K, **FIT, "seed": SEED}
+lat = {k: stages.latent_stores(d, ds, **fit_settings) for k, d in decs.items()}
+fit_ips = {k: stages.fit_throughput(d, ds.splits["val"].images, steps=K, pixels=FIT["pixels"],
+                                    sampling=FIT["sampling"], batch_size=FIT["batch_size"])
+           for k, d in decs.items()}  # fmt: skip
+for k, st in lat.items():
+    print(k, {s: f"{v.psnr.mean():.2f} dB" for s, v in st.stores.items()},
+          f"{fit_ips[k]:.1f} images/s")  # fmt: skip
 
 # %% [markdown]
 # ## Reconstruction quality against the noise-free images
 #
 # The stored images are noisy. The simulator re-renders the noise-free image of each sample
-# from its stored description (`lensing.render(..., noise=False)`), which we divide by the
-# *same* per-image maximum as the stored image. A field that fits the lens but not the noise
-# scores higher against the noise-free image than against the noisy one. We score the first
-# `N_CLEAN` validation images (classes interleaved) after each of the $0..K$ inner steps, with
-# the encoding settings, so that step $K$ reproduces the latent store.
+# from its stored description (`lensing.render(..., noise=False)`), divided by the *same*
+# per-image maximum as the stored image. A field that fits the lens but not the noise scores
+# higher against the noise-free image than against the noisy one. We score the first `N_CLEAN`
+# validation images after each of the $0..K$ inner steps with the encoding settings, so step
+# $K$ reproduces the latent store (checked).
 
 # %%
-n_clean = min(N_CLEAN, len(splits["val"]))
-idx = np.arange(n_clean)
-noisy = splits["val"].images[idx]
-t0 = time.perf_counter()
-clean = renders.noise_free_images(ds_path, "val", idx)
-noise_floor = grid.psnr(noisy, clean)
-print(
-    f"re-rendered {n_clean} noise-free images in {time.perf_counter() - t0:.1f} s; "
-    f"noisy vs noise-free: {noise_floor.mean():.1f} dB (median {np.median(noise_floor):.1f})"
-)
-curves = {}
-for kind, (adapter, params, _) in models.items():
-    curves[kind] = encode_mod.psnr_path(
-        adapter, params, noisy, {"clean": clean}, steps=K, pixels=FIT["pixels"],
-        sampling=FIT["sampling"], batch_size=FIT["batch_size"], seed=SEED,
-    )  # fmt: skip
-    # step K of the path is the stored encoding of these images
-    diff = np.abs(curves[kind]["fitted"][-1] - stores[kind]["val"].psnr[:n_clean])
-    assert diff.max() < 0.05, f"{kind}: path PSNR differs from the store by {diff.max():.3f} dB"
-    print(
-        f"{kind}: PSNR after 0..{K} steps vs noisy "
-        f"{np.round(curves[kind]['fitted'].mean(1), 2).tolist()}, vs noise-free "
-        f"{np.round(curves[kind]['clean'].mean(1), 2).tolist()} dB"
-    )
+n_clean = min(N_CLEAN, len(ds.splits["val"]))
+noisy = ds.splits["val"].images[:n_clean]
+clean = noise_free_images(ds.path, "val", np.arange(n_clean))
+curves = {k: reconstruction.noise_free_psnr(d.adapter, d.params, ds.path, "val", noisy,
+                                            clean=clean, **fit_settings)
+          for k, d in decs.items()}  # fmt: skip
+for k, c in curves.items():
+    diff = np.abs(c.noisy[-1] - lat[k].stores["val"].psnr[:n_clean]).max()
+    assert diff < 0.05, f"{k}: path PSNR differs from the store by {diff:.3f} dB"
+    print(f"{k}: vs noisy {np.round(c.noisy.mean(1), 2).tolist()}, "
+          f"vs noise-free {np.round(c.clean.mean(1), 2).tolist()} dB")
+print(f"noise floor (noisy vs noise-free): {curves['enf'].noise_floor.mean():.1f} dB")
 
 # %% [markdown]
 # ### PSNR after each inner step
@@ -351,57 +200,18 @@ for kind, (adapter, params, _) in models.items():
 # rates make the first step do most of the work. Bands: 16-84 % of the images.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained", sharey=True)
-steps = np.arange(K + 1)
-for ax, target in zip(axes, ("fitted", "clean"), strict=True):
-    for kind in KINDS:
-        c = curves[kind][target]
-        lo, hi = np.percentile(c, [16, 84], axis=1)
-        ax.fill_between(steps, lo, hi, color=COLORS[kind], alpha=0.2)
-        ax.plot(steps, c.mean(1), "o-", color=COLORS[kind], label=kind.upper())
-    ax.set_xticks(steps)
-    ax.set_xlabel("inner step")
-    ax.set_title(
-        "against the noisy image" if target == "fitted" else "against the noise-free image"
-    )
-axes[0].set_ylabel("PSNR (dB)")
-axes[0].legend()
-savefig(fig, "03_meta_learning_inner_steps")
+savefig(figures.psnr_by_inner_step(curves), "03_meta_learning_inner_steps")
 
 # %% [markdown]
 # ### Reconstructions per class
 #
-# One validation image per class: the noisy input, the noise-free render, each model's field
-# after $K$ steps and its residual against the noise-free image (same colour scale for both
-# models).
+# One validation image per class: the noisy input, the noise-free render, each field after $K$
+# steps and its residual against the noise-free image (same colour scale for both fields).
 
 # %%
-bs = FIT["batch_size"]
-first = np.resize(noisy[:bs], (bs, *noisy.shape[1:]))  # the first encoding batch (padded)
-show = [int(np.flatnonzero(splits["val"].labels[: min(bs, n_clean)] == c)[0]) for c in range(3)]
-recs = {}
-for kind, (adapter, params, _) in models.items():
-    _, path_recs = encode_mod.fit_path(
-        adapter, params, first, steps=K, pixels=FIT["pixels"], sampling=FIT["sampling"],
-        key=jax.random.fold_in(jax.random.PRNGKey(SEED), 0),  # as batch 0 of the encoding
-    )  # fmt: skip
-    recs[kind] = path_recs[-1, show, ..., 0]  # (3, H, W)
-lim = max(np.abs(recs[k] - clean[show]).max() for k in KINDS)
-cols = ["noisy input", "noise-free", "ENF", "ENF - noise-free", "CNF", "CNF - noise-free"]
-fig, axes = plt.subplots(3, 6, figsize=(13, 6.6), layout="constrained")
-for r, i in enumerate(show):
-    panels = [noisy[i], clean[i], recs["enf"][r], recs["enf"][r] - clean[i], recs["cnf"][r],
-              recs["cnf"][r] - clean[i]]  # fmt: skip
-    for c, (ax, img) in enumerate(zip(axes[r], panels, strict=True)):
-        resid = c in (3, 5)
-        vrange = {"vmin": -lim, "vmax": lim} if resid else {"vmin": 0, "vmax": 1}
-        im = show_image(ax, img, cmap="RdBu_r" if resid else "magma", **vrange)
-        if r == 0:
-            ax.set_title(cols[c], fontsize=9)
-        if c in (2, 4):
-            ax.set_xlabel(f"{grid.psnr(img[None], clean[i][None])[0]:.1f} dB", fontsize=8)
-    axes[r, 0].set_ylabel(CLASSES[splits["val"].labels[i]])
-fig.colorbar(im, ax=axes[:, 5], shrink=0.6, label="residual")
+show = [int(np.flatnonzero(ds.splits["val"].labels[:n_clean] == c)[0]) for c in range(3)]
+fits = {k: stages.reconstruct(d, noisy[show], **fit_settings) for k, d in decs.items()}
+fig = figures.reconstructions(noisy[show], clean[show], fits, [CLASSES[c] for c in range(3)])
 savefig(fig, "03_meta_learning_reconstructions")
 
 # %% [markdown]
@@ -416,66 +226,44 @@ savefig(fig, "03_meta_learning_reconstructions")
 # $90°$; notebook 04 looks at what this does to the latent poses.
 
 # %%
-n_rot = min(N_ROTATION, len(splits["val"]))
+n_rot = min(N_ROTATION, len(ds.splits["val"]))
 angles = np.random.default_rng(SEED).uniform(0.0, 2 * np.pi, n_rot)
-rotation = {}
-for kind, (adapter, params, _) in models.items():
-    rc = rotation.rotation_consistency(
-        adapter, params, splits["val"].images[:n_rot], angles, steps=K, pixels=FIT["pixels"],
-        key=jax.random.PRNGKey(SEED),
-    )  # fmt: skip
-    rotation[kind] = {name: float(np.mean(v)) for name, v in rc.items()}
-    print(
-        f"{kind}: rotated fit vs fit of rotated image {rotation[kind]['consistency']:.2f} dB; "
-        f"fit of rotated image {rotation[kind]['fit_rotated']:.2f} dB, "
-        f"of the original {rotation[kind]['fit_original']:.2f} dB"
-    )
+rot = {k: {name: float(np.mean(v)) for name, v in rotation.rotation_consistency(
+           d.adapter, d.params, ds.splits["val"].images[:n_rot], angles, steps=K,
+           pixels=FIT["pixels"]).items()}
+       for k, d in decs.items()}  # fmt: skip
+print(json.dumps(rot, indent=1))
 
 # %% [markdown]
 # ## Results
 #
-# `latent_stores` and `decoders` (paths relative to the repository root) are what notebook 05
-# reads.
+# `latent_stores` and `decoders` (paths relative to the repository root) are what notebooks 04
+# and 05 read.
 
 # %%
-rel = lambda p: str(p.relative_to(repo_path()))  # noqa: E731
-psnr_db = {
-    kind: {
-        "val_noisy": float(stores[kind]["val"].psnr.mean()),
-        "val_clean": float(curves[kind]["clean"][-1].mean()),
-        "per_inner_step_clean": curves[kind]["clean"].mean(1).tolist(),
-        "per_inner_step_noisy": curves[kind]["fitted"].mean(1).tolist(),
-        "train_noisy": float(stores[kind]["train"].psnr.mean()),
-        "test_noisy": float(stores[kind]["test"].psnr.mean()),
-        "n_clean_images": n_clean,
-    }
-    for kind in KINDS
-}
 results = {
-    "dataset": ds_path.name,
-    "psnr_db": psnr_db,
-    "noise_floor_psnr_db": float(noise_floor.mean()),
-    "rotation_psnr_db": rotation,
-    "outer_steps_per_second": {
-        k: m[2]["outer_steps"] / m[2]["train_seconds"] for k, m in models.items()
-    },
-    "outer_steps_per_second_calibrated": {  # pure step rate, before the run
-        k: m[2]["calibration_steps_per_second"] for k, m in models.items()
-    },
+    "dataset": ds.path.name,
+    "psnr_db": {k: {**c.summary(), **{f"{s}_noisy": float(lat[k].stores[s].psnr.mean())
+                                      for s in ("train", "test")}} for k, c in curves.items()},
+    "noise_floor_psnr_db": float(curves["enf"].noise_floor.mean()),
+    "rotation_psnr_db": rot,
+    "outer_steps": {k: d.meta["outer_steps"] for k, d in decs.items()},
+    "train_seconds": {k: d.meta["train_seconds"] for k, d in decs.items()},
+    "outer_steps_per_second": {k: d.meta["outer_steps"] / d.meta["train_seconds"]
+                               for k, d in decs.items()},  # fmt: skip
+    "encode_seconds": {k: sum(v.seconds.values()) for k, v in lat.items()},
     "fit_images_per_second": fit_ips,
-    "train_seconds": {k: m[2]["train_seconds"] for k, m in models.items()},
-    "train_budget_seconds": TRAIN_SECONDS,
-    "outer_steps": {k: m[2]["outer_steps"] for k, m in models.items()},
-    "latent_floats": {k: adapters.latent_floats(m[0]) for k, m in models.items()},
-    "decoder_params": n_params,
-    "model_configs": {k: m[0].model_config for k, m in models.items()},
-    "meta_configs": {k: m[2]["meta_config"] for k, m in models.items()},
+    "latent_floats": {k: d.latent_floats for k, d in decs.items()},
+    "decoder_params": {k: d.num_params for k, d in decs.items()},
+    "model_configs": {k: d.adapter.model_config for k, d in decs.items()},
+    "meta_configs": {k: d.meta["meta_config"] for k, d in decs.items()},
     "fit_settings": fit_settings,
-    "decoder_hashes": {k: m[2]["hash"] for k, m in models.items()},
-    "reused_cached": reused,
-    "latent_stores": {k: {s: rel(p) for s, p in v.items()} for k, v in store_paths.items()},
-    "decoders": {k: rel(p) for k, p in decoder_paths.items()},
+    "decoder_hashes": {k: d.meta["hash"] for k, d in decs.items()},
+    "reused_cached": {**{f"{k}_decoder": d.cached for k, d in decs.items()},
+                      **{f"{k}_{s}": c for k, v in lat.items() for s, c in v.cached.items()}},
+    "latent_stores": {k: {s: stages.rel(p) for s, p in v.paths.items()} for k, v in lat.items()},
+    "decoders": {k: stages.rel(d.path) for k, d in decs.items()},
     "notebook_seconds": time.perf_counter() - t_notebook,
-}
+}  # fmt: skip
 print(save_results("03_meta_learning", PROFILE, results))
 print(json.dumps({k: results[k] for k in ("psnr_db", "rotation_psnr_db")}, indent=1))

@@ -65,6 +65,7 @@ from enflens.geometry import SE2, Latents
 from enflens.metalearn import encode as encode_mod
 from enflens.metalearn.latent_store import read_latent_store
 from enflens.study import classifiers as study_clf
+from enflens.study import stages
 from enflens.study.results import repo_path, save_results, savefig
 from enflens.viz import draw_latents, draw_paths, show_image, unbatch
 
@@ -79,7 +80,7 @@ CLASS_COLORS = ["tab:green", "tab:red", "tab:purple"]
 # image width: $32$ pixels, i.e. $32 \times 0.101'' \approx 3.2''$ for Model II.
 
 # %%
-ds_path = data.study_dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)
+ds_path = stages.dataset_path(RECIPE, N_TRAIN, N_VAL, N_TEST, DATA_SEED)[0]
 meta03 = study_clf.read_meta_learning(repo_path("results", PROFILE, "03_meta_learning.json"))
 adapter, params, dec_meta = adapters.load_trained(meta03.decoders["enf"])
 stores = {
@@ -186,7 +187,7 @@ savefig(fig, "04_latent_visualization_inner_steps")
 rng = np.random.default_rng(SEED)
 n_pose = min(N_POSE, BS, len(val))
 angles = rng.uniform(0.0, 2 * np.pi, BS)
-rotated = np.asarray(grid.rotate_images(batch, angles))[..., 0]  # (BS, H, W)
+rotated = np.asarray(grid.rotate_images(batch, angles))  # (BS, H, W)
 key0 = jax.random.fold_in(jax.random.PRNGKey(settings["seed"]), 0)
 fit_kw = {"steps": K, "pixels": settings["pixels"], "sampling": settings["sampling"], "key": key0}
 z_std, rec_std = encode_mod.fit_path(adapter, params, rotated, **fit_kw)

@@ -336,5 +336,20 @@ def fit_throughput(
     return batch_size / float(np.median(times[1:]))
 
 
+def reconstruct(
+    dec: DecoderStage, images: np.ndarray, *, steps: int, pixels: int | None, sampling: str,
+    batch_size: int, seed: int,
+) -> np.ndarray:
+    """The fields of ``images`` (n, H, W) after ``steps`` inner steps, decoded on the full
+    grid: (n, H, W). Encoding settings as :func:`latent_stores` (one padded batch)."""
+    n = len(images)
+    batch = encode.pad_batch(np.asarray(images, np.float32), max(n, batch_size))
+    _, recs = encode.fit_path(
+        dec.adapter, dec.params, batch, steps=steps, pixels=pixels, sampling=sampling,
+        key=jax.random.fold_in(jax.random.PRNGKey(seed), 0),
+    )  # fmt: skip
+    return recs[-1, :n, ..., 0]
+
+
 # ----------------------------------------------------------------------------- classifier stages
 # (classifier training, data efficiency, rotation curves) follow here.
