@@ -55,12 +55,11 @@ N_STATS = 3000  # parameter draws per class for the class statistics
 # %%
 import json
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from enflens import data
 from enflens.data import lensing
-from enflens.study import stages
+from enflens.study import figures, stages
 from enflens.study.results import save_results, savefig
 
 CLASSES = lensing.CLASS_NAMES
@@ -68,7 +67,8 @@ CLASSES = lensing.CLASS_NAMES
 # %% [markdown]
 # ## The recipes
 #
-# All three DeepLenseSim recipes share the physics (see `RECIPES.md`, section 2):
+# All three DeepLenseSim recipes share the physics (Alexander et al. 2020 and its code
+# mwt5345/DeepLenseSim; `docs/references.md` §2):
 #
 # - **lens**: a singular isothermal ellipsoid (SIE) of $10^{12}\,M_\odot$ at $z=0.5$,
 #   ellipticity $e_1=0.1, e_2=0$, plus external shear $\gamma_1=0.05$;
@@ -121,7 +121,7 @@ print(f"main-halo Einstein radius: {theta_e:.3f} arcsec")
 #    deflections (computed below). We ray-trace in a single plane, so the stated $\theta_E$ is
 #    the ring radius.
 # 5. **Subhalo mass function.** The docstring says $dN/dm \propto m^{-1.9}$, the code uses
-#    $m^{-0.9}$; we follow the code (and `RECIPES.md`). The published code also draws a
+#    $m^{-0.9}$; we follow the code. The published code also draws a
 #    Poisson number of subhalos and then ignores it; we use exactly 25.
 # 6. **Randomness.** The published scripts use the global NumPy generator. Here sample $i$ of
 #    a split draws from `default_rng([seed, split, i])`, so any sample can be regenerated alone
@@ -167,18 +167,8 @@ print(
 # %%
 train = splits["train"]
 half = lensing.get_recipe(RECIPE).half_fov
-extent = (-half, half, -half, half)
-n_show = min(N_SHOW, len(train) // 3)
-fig, axes = plt.subplots(3, n_show, figsize=(1.9 * n_show, 6.0), squeeze=False)
-for label in range(3):
-    idx = np.flatnonzero(train.labels == label)[:n_show]
-    for ax, i in zip(axes[label], idx, strict=True):
-        ax.imshow(train.images[i], origin="lower", cmap="magma", extent=extent)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if label == 2:
-            ax.set_title(f"m_a={train.params['m_a'][i]:.1e}", fontsize=7)
-    axes[label, 0].set_ylabel(CLASSES[label])
+fig = figures.class_samples(train.images, train.labels, train.params["m_a"],
+                            min(N_SHOW, len(train) // 3), half, CLASSES)  # fmt: skip
 fig.suptitle(f'{RECIPE}: training samples ({2 * half:.1f}" field)')
 savefig(fig, "01_lensing_data_samples")
 
@@ -187,22 +177,11 @@ savefig(fig, "01_lensing_data_samples")
 # the instrument sets resolution, field of view and noise.
 
 # %%
-fig, axes = plt.subplots(3, 3, figsize=(7.5, 7.5))
-for col, name in enumerate(lensing.RECIPE_NAMES):
-    sim = lensing.Simulator(name)
-    h = sim.recipe.half_fov
-    for label in range(3):
-        raw, _ = sim.sample(DATA_SEED, 0, label)
-        img, _ = lensing.normalise(raw)
-        ax = axes[label, col]
-        ax.imshow(img, origin="lower", cmap="magma", extent=(-h, h, -h, h))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if label == 0:
-            ax.set_title(name)
-        if col == 0:
-            ax.set_ylabel(CLASSES[label])
-savefig(fig, "01_lensing_data_recipes")
+sims = {name: lensing.Simulator(name) for name in lensing.RECIPE_NAMES}
+panels = {name: [lensing.normalise(sim.sample(DATA_SEED, 0, label)[0])[0] for label in range(3)]
+          for name, sim in sims.items()}  # fmt: skip
+fovs = {name: sim.recipe.half_fov for name, sim in sims.items()}
+savefig(figures.recipe_panel(panels, fovs, CLASSES), "01_lensing_data_recipes")
 
 # %% [markdown]
 # ## Noise-free and noisy
@@ -212,26 +191,15 @@ savefig(fig, "01_lensing_data_recipes")
 # `lensing.render` re-renders it (any lenstronomy user can do the same with `ImageModel`).
 
 # %%
-fig, axes = plt.subplots(3, 3, figsize=(7.5, 7.5))
-for label in range(3):
-    i = int(np.flatnonzero(train.labels == label)[0])
-    p = data.sample_params(path, "train", i)
-    clean = lensing.render(p, noise=False)
-    noisy = lensing.render(p, noise=True)
-    assert np.array_equal(lensing.normalise(noisy)[0], train.images[i])  # exact re-render
-    snr = clean.max() / np.std((noisy - clean)[:8, :8])  # peak over background noise
-    lim = np.abs(noisy - clean).max()
-    axes[0, label].imshow(clean, origin="lower", cmap="magma", extent=extent)
-    axes[1, label].imshow(noisy, origin="lower", cmap="magma", extent=extent)
-    axes[2, label].imshow(noisy - clean, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    for ax in axes[:, label]:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, label].set_title(f"{CLASSES[label]} (peak S/N {snr:.0f})")
-axes[0, 0].set_ylabel("noise-free")
-axes[1, 0].set_ylabel("noisy (stored)")
-axes[2, 0].set_ylabel("noise")
-savefig(fig, "01_lensing_data_noise")
+first = [int(np.flatnonzero(train.labels == label)[0]) for label in range(3)]
+descr = [data.sample_params(path, "train", i) for i in first]
+clean = [lensing.render(p, noise=False) for p in descr]
+noisy = [lensing.render(p, noise=True) for p in descr]
+for i, n in zip(first, noisy, strict=True):
+    assert np.array_equal(lensing.normalise(n)[0], train.images[i])  # exact re-render
+snr = [c.max() / np.std((n - c)[:8, :8]) for c, n in zip(clean, noisy, strict=True)]
+titles = [f"{CLASSES[k]} (peak S/N {snr[k]:.0f})" for k in range(3)]
+savefig(figures.noise_panel(clean, noisy, half, titles), "01_lensing_data_noise")
 
 # %% [markdown]
 # ## Convergence and deflection
@@ -246,30 +214,14 @@ savefig(fig, "01_lensing_data_noise")
 
 
 # %%
-def macro_only(p):
-    return {**p, "lens_model_list": p["lens_model_list"][:2], "kwargs_lens": p["kwargs_lens"][:2]}
-
-
 pix = lensing.get_recipe(RECIPE).pixel_scale
-fig, axes = plt.subplots(2, 3, figsize=(10, 6.3), layout="constrained")
-vortex = np.where(
-    train.params["vortex_half_length"] < 0.8 * half, train.params["vortex_half_length"], 0
-)
+vortex = np.where(train.params["vortex_half_length"] < 0.8 * half,
+                  train.params["vortex_half_length"], 0)  # fmt: skip
 examples = {1: int(np.flatnonzero(train.labels == 1)[0]), 2: int(np.nanargmax(vortex))}
-for row, (label, i) in enumerate(examples.items()):
-    p = data.sample_params(path, "train", i)
-    maps, macro = lensing.lens_maps(p, diff=pix / 2), lensing.lens_maps(macro_only(p))
-    dalpha = np.hypot(maps["alpha_x"] - macro["alpha_x"], maps["alpha_y"] - macro["alpha_y"])
-    panels = [
-        (train.images[i], "image", "magma"),
-        (np.log10(np.clip(maps["kappa"], 1e-3, None)), "log10 kappa", "viridis"),
-        (np.log10(np.clip(dalpha, 1e-5, None)), "log10 |extra deflection| (arcsec)", "cividis"),
-    ]
-    for ax, (img, title, cmap) in zip(axes[row], panels, strict=True):
-        im = ax.imshow(img, origin="lower", cmap=cmap, extent=extent)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-        ax.set_title(f"{CLASSES[label]}: {title}", fontsize=9)
-savefig(fig, "01_lensing_data_lens_maps")
+rows = [(CLASSES[label], train.images[i],
+         lensing.substructure_deflection(data.sample_params(path, "train", i), diff=pix / 2))
+        for label, i in examples.items()]  # fmt: skip
+savefig(figures.lens_maps(rows, half), "01_lensing_data_lens_maps")
 
 # %% [markdown]
 # ## Class statistics
@@ -280,30 +232,10 @@ savefig(fig, "01_lensing_data_lens_maps")
 # longer than the Model II field; heavy ones a 0.06″ dot.
 
 # %%
-rng_draws = [lensing.sample_rng(DATA_SEED, 9, i) for i in range(N_STATS)]
-cdm = [lensing.draw_sample(RECIPE, 1, g) for g in rng_draws]
-ax_draws = [lensing.draw_sample(RECIPE, 2, g) for g in rng_draws]
-m_total = np.array([d.sub_mass.sum() for d in cdm])
-m_a = np.array([d.m_a for d in ax_draws])
-length = 2 * np.array([d.vortex_half_length for d in ax_draws])
-
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
-axes[0].hist(np.log10(m_total), bins=40, color="tab:blue")
-axes[0].axvline(np.log10(lensing.AXION_MASS), color="tab:red", ls="--", label="vortex mass")
-axes[0].set_xlabel("log10 total CDM subhalo mass (Msun)")
-axes[0].legend()
-axes[1].loglog(m_a, length, ".", ms=2, color="tab:red")
-axes[1].axhline(2 * half, color="k", ls=":", label=f"{RECIPE} field width")
-axes[1].axhline(2 * theta_e, color="tab:gray", ls="--", label="Einstein ring diameter")
-axes[1].set_xlabel("m_a (eV)")
-axes[1].set_ylabel("vortex length (arcsec)")
-axes[1].legend()
-for label in range(3):
-    axes[2].hist(
-        train.image_scale[train.labels == label], bins=20, histtype="step", label=CLASSES[label]
-    )
-axes[2].set_xlabel("raw image maximum (e-/s)")
-axes[2].legend()
+stats = lensing.class_statistics(RECIPE, DATA_SEED, N_STATS)
+m_total = stats["cdm_total_mass"]
+fig = figures.class_stats(stats, train.image_scale, train.labels, axion_mass=lensing.AXION_MASS,
+                          field_width=2 * half, ring_diameter=2 * theta_e, class_names=CLASSES)
 savefig(fig, "01_lensing_data_class_stats")
 print(
     f"total CDM mass: median {np.median(m_total):.2e} Msun "
@@ -318,18 +250,7 @@ print(
 # ring radius slightly. A classifier can use that cue as well as the local distortions.
 
 # %%
-means = [train.images[train.labels == k].mean(0) for k in range(3)]
-fig, axes = plt.subplots(1, 5, figsize=(15, 3), layout="constrained")
-for k in range(3):
-    axes[k].imshow(means[k], origin="lower", cmap="magma", extent=extent)
-    axes[k].set_title(f"mean {CLASSES[k]}")
-lim = max(np.abs(means[k] - means[0]).max() for k in (1, 2))
-for j, k in enumerate((1, 2)):
-    im = axes[3 + j].imshow(
-        means[k] - means[0], origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, extent=extent
-    )
-    axes[3 + j].set_title(f"{CLASSES[k]} - no_sub")
-fig.colorbar(im, ax=axes[3:], shrink=0.8)
+fig = figures.class_means(train.images, train.labels, half, CLASSES)
 savefig(fig, "01_lensing_data_class_means")
 
 # %% [markdown]

@@ -101,49 +101,21 @@ EQ_CHECK_ALL = True  # also check the decoders that attend to all latents
 
 # %%
 import dataclasses
-import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+from enflens.evaluate import decoder as checks
 from enflens.fields.enf import EQUIVARIANT_GROUPS, ENFConfig, ENFDecoder
 from enflens.geometry import SE2
-from enflens.grid import make_grid
 from enflens.nn import count_params
+from enflens.study import figures
 from enflens.study.results import save_results, savefig
-from enflens.testing import act, equivariance_error, random_coords, random_latents
 
-BI_INVARIANTS = ["translation", "roto_translation", "isotropic", "absolute"]
-GROUP = {**EQUIVARIANT_GROUPS, "absolute": "se2"}  # the control is checked against SE(2)
-COLORS = dict(
-    translation="tab:blue", roto_translation="tab:green", isotropic="tab:orange", absolute="tab:red"
-)
 BASE = ENFConfig()
 key = jax.random.PRNGKey(SEED)
-
-
-def decoder_fn(bi_invariant=BASE.bi_invariant, k_nearest=BASE.k_nearest):
-    """Randomly initialised decoder (same seed for all), jitted: (coords, latents) -> values.
-
-    Cached (k >= N means all latents), so cells asking for the same decoder share compilations.
-    """
-    if k_nearest is not None and k_nearest >= BASE.num_latents:
-        k_nearest = None
-    return _decoder_fn(bi_invariant, k_nearest)
-
-
-@functools.cache
-def _decoder_fn(bi_invariant, k_nearest):
-    cfg = dataclasses.replace(BASE, bi_invariant=bi_invariant, k_nearest=k_nearest)
-    model = ENFDecoder(cfg, rngs=nnx.Rngs(SEED))
-    return jax.jit(lambda x, z: model(x, z))
-
-
 n_params = count_params(ENFDecoder(BASE, rngs=nnx.Rngs(SEED)))
 print(BASE)
 print(f"trainable parameters: {n_params:,}")
@@ -160,53 +132,10 @@ print(f"trainable parameters: {n_params:,}")
 
 # %%
 g_demo = SE2(jnp.float32(np.deg2rad(50.0)), jnp.array([0.25, -0.1], jnp.float32))
-grid = make_grid(GRID)[None]  # (1, GRID^2, 2)
-z_demo = random_latents(jax.random.fold_in(key, 1), 1, BASE.num_latents, BASE.latent_dim)
-_, gz_demo = act(g_demo, grid, z_demo)
-inv = g_demo.inverse()
-grid_back = SE2(inv.angle[None], inv.translation[None]).apply(grid)  # g^-1 x
-
-
-def show(ax, values, title, latents=None, vlim=None):
-    img = np.asarray(values).reshape(GRID, GRID)
-    im = ax.imshow(
-        img,
-        origin="lower",
-        extent=(-1, 1, -1, 1),
-        cmap="magma",
-        vmin=vlim[0] if vlim else None,
-        vmax=vlim[1] if vlim else None,
-    )
-    if latents is not None:
-        p, th = np.asarray(latents.positions[0]), np.asarray(latents.orientations[0])
-        ax.quiver(p[:, 0], p[:, 1], np.cos(th), np.sin(th), color="cyan", scale=18, width=0.006)
-        ax.scatter(p[:, 0], p[:, 1], s=8, c="cyan")
-    ax.set(title=title, xlim=(-1, 1), ylim=(-1, 1), xticks=[], yticks=[])
-    return im
-
-
-fig, axes = plt.subplots(2, 4, figsize=(15, 7.6))
-demo_err = {}
-for row, bi in zip(axes, ["roto_translation", "absolute"], strict=True):
-    f = decoder_fn(bi_invariant=bi)
-    base_field = f(grid, z_demo)[0, :, 0]
-    moved_field = f(grid_back, z_demo)[0, :, 0]  # f(g^-1 x; z)
-    decoded_moved = f(grid, gz_demo)[0, :, 0]  # f(x; g z)
-    vlim = (float(base_field.min()), float(base_field.max()))
-    show(row[0], base_field, f"{bi}: f(x; z)", z_demo, vlim)
-    show(row[1], moved_field, "field moved by g: f(g⁻¹x; z)", gz_demo, vlim)
-    show(row[2], decoded_moved, "latents moved by g: f(x; g z)", gz_demo, vlim)
-    diff = np.abs(np.asarray(decoded_moved - moved_field))
-    demo_err[bi] = float(diff.max() / np.abs(np.asarray(base_field)).max())
-    im = show(row[3], diff, f"|difference|, max rel. {demo_err[bi]:.1e}")
-    fig.colorbar(im, ax=row[3], fraction=0.046)
-fig.suptitle(
-    "Equivariance by construction: moving the latents moves the field (top), unless the "
-    "decoder reads absolute coordinates (bottom)"
-)
-fig.tight_layout()
-savefig(fig, "02_enf_theory_decoded")
-plt.show()
+demos = {bi: checks.moved_fields(BASE, bi, g_demo, GRID, jax.random.fold_in(key, 1), SEED)
+         for bi in ("roto_translation", "absolute")}  # fmt: skip
+demo_err = {bi: d["relative_error"] for bi, d in demos.items()}
+savefig(figures.moved_fields(demos), "02_enf_theory_decoded")
 
 # %% [markdown]
 # ## Equivariance error of every bi-invariant
@@ -218,26 +147,14 @@ plt.show()
 # attending to all latents. Reported: the largest relative error over the elements tried.
 
 # %%
-eq_kw = dict(
-    num_elements=NUM_ELEMENTS,
-    batch=EQ_BATCH,
-    num_pixels=EQ_PIXELS,
-    num_latents=BASE.num_latents,
-    context_dim=BASE.latent_dim,
-)
+eq_kw = {"num_elements": NUM_ELEMENTS, "batch": EQ_BATCH, "num_pixels": EQ_PIXELS}
 eq_ks = (BASE.k_nearest, None) if EQ_CHECK_ALL else (BASE.k_nearest,)
-eq_by_k = {}
-for bi in BI_INVARIANTS:
-    eq_by_k[bi] = {}
-    for k in eq_ks:
-        f = decoder_fn(bi_invariant=bi, k_nearest=k)
-        errs = equivariance_error(f, jax.random.fold_in(key, 2), group=GROUP[bi], **eq_kw)
-        eq_by_k[bi]["all" if k is None else str(k)] = float(errs.max())
+eq_by_k = checks.equivariance_table(BASE, jax.random.fold_in(key, 2), eq_ks, **eq_kw)
 equivariance = {bi: max(v.values()) for bi, v in eq_by_k.items()}
-for bi in BI_INVARIANTS:
-    status = "FAILS (control)" if bi == "absolute" else "ok" if equivariance[bi] <= 1e-5 else "FAIL"
-    err = equivariance[bi]
-    print(f"{bi:>17} [{GROUP[bi]:>11}]  max rel. error {err:.2e}  {status}   by k: {eq_by_k[bi]}")
+for bi, err in equivariance.items():
+    status = "FAILS (control)" if bi == "absolute" else "ok" if err <= 1e-5 else "FAIL"
+    print(f"{bi:>17} [{checks.CHECK_GROUP[bi]:>11}]  max rel. error {err:.2e}  {status}   "
+          f"by k: {eq_by_k[bi]}")  # fmt: skip
 
 # %% [markdown]
 # ### Error against the rotation angle
@@ -249,30 +166,8 @@ for bi in BI_INVARIANTS:
 
 # %%
 angles = np.linspace(0.0, 2 * np.pi, NUM_ANGLES, endpoint=False)
-t_sweep = jnp.broadcast_to(jnp.array([0.3, -0.2], jnp.float32), (NUM_ANGLES, 2))
-sweep_elements = SE2(jnp.asarray(angles, jnp.float32), t_sweep)
-x_sweep = random_coords(jax.random.fold_in(key, 3), EQ_BATCH, EQ_PIXELS)
-z_sweep = random_latents(jax.random.fold_in(key, 4), EQ_BATCH, BASE.num_latents, BASE.latent_dim)
-angle_sweep = {}
-for bi in BI_INVARIANTS:
-    errs = equivariance_error(
-        decoder_fn(bi_invariant=bi), key, coords=x_sweep, latents=z_sweep, elements=sweep_elements
-    )
-    angle_sweep[bi] = np.maximum(errs, 1e-9)  # exact zeros (angle 0, no rounding) on a log axis
-
-fig, ax = plt.subplots(figsize=(8, 4.2))
-for bi in BI_INVARIANTS:
-    ax.semilogy(np.rad2deg(angles), angle_sweep[bi], "o-", ms=3, color=COLORS[bi], label=bi)
-ax.axhline(1e-5, color="k", ls="--", lw=1, label="tolerance 1e-5")
-ax.set(
-    xlabel="rotation angle (degrees), translation (0.3, -0.2)",
-    ylabel="max |f(gx;gz) - f(x;z)| / max |f|",
-    title=f"Equivariance error vs rotation angle (k = {BASE.k_nearest})",
-)
-ax.legend(loc="center right", fontsize=8)
-fig.tight_layout()
-savefig(fig, "02_enf_theory_error_vs_angle")
-plt.show()
+angle_sweep = checks.angle_sweep(BASE, key, angles, batch=EQ_BATCH, num_pixels=EQ_PIXELS)
+savefig(figures.error_vs_angle(angles, angle_sweep, BASE.k_nearest), "02_enf_theory_error_vs_angle")
 
 # %% [markdown]
 # ## What the k-nearest restriction buys and costs
@@ -293,57 +188,13 @@ plt.show()
 
 
 # %%
-def pixels_per_second(fn, coords, latents):
-    jax.block_until_ready(fn(coords, latents))  # compile
-    times = []
-    for _ in range(TIMING_REPEATS):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(coords, latents))
-        times.append(time.perf_counter() - t0)
-    return coords.shape[0] * coords.shape[1] / statistics.median(times)
-
-
-grid_b = jnp.broadcast_to(make_grid(GRID), (TIMING_BATCH, GRID * GRID, 2))
-z_time = random_latents(jax.random.fold_in(key, 5), TIMING_BATCH, BASE.num_latents, BASE.latent_dim)
-full = np.asarray(decoder_fn(k_nearest=None)(grid_b, z_time))
-k_sweep = []
-for k in K_VALUES:
-    f = decoder_fn(k_nearest=k)
-    errs = equivariance_error(f, jax.random.fold_in(key, 2), group="se2", **eq_kw)
-    out = np.asarray(f(grid_b, z_time))
-    k_sweep.append(
-        dict(
-            k=k,
-            equivariance_error=float(errs.max()),
-            deviation_from_all=float(np.abs(out - full).max() / np.abs(full).max()),
-            pixels_per_second=pixels_per_second(f, grid_b, z_time),
-        )
-    )
-    print(k_sweep[-1])
-
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-ks = [r["k"] for r in k_sweep]
-ax1.semilogy(ks, [r["equivariance_error"] for r in k_sweep], "o-", label="equivariance error")
-partial = [r for r in k_sweep if r["k"] < BASE.num_latents]  # k = N is "all": deviation 0
-ax1.semilogy(
-    [r["k"] for r in partial],
-    [r["deviation_from_all"] for r in partial],
-    "s-",
-    label="deviation from all latents",
-)
-ax1.axhline(1e-5, color="k", ls="--", lw=1)
-ax1.set(xlabel="k nearest latents", ylabel="max relative difference", title="Accuracy")
-ax1.legend()
-ax2.plot(ks, [r["pixels_per_second"] / 1e3 for r in k_sweep], "o-", color="tab:purple")
-ax2.set(
-    xlabel="k nearest latents",
-    ylabel="thousand pixels / s",
-    title=f"Decode speed ({TIMING_BATCH} x {GRID}x{GRID}, this CPU)",
-    ylim=(0, None),
-)
-fig.tight_layout()
+k_sweep = checks.k_sweep(BASE, key, K_VALUES, grid_size=GRID, batch=TIMING_BATCH,
+                         repeats=TIMING_REPEATS, num_elements=NUM_ELEMENTS, eq_batch=EQ_BATCH,
+                         num_pixels=EQ_PIXELS)  # fmt: skip
+for row in k_sweep:
+    print(row)
+fig = figures.k_nearest_tradeoff(k_sweep, BASE.num_latents, f"{TIMING_BATCH} x {GRID}x{GRID}")
 savefig(fig, "02_enf_theory_k_nearest")
-plt.show()
 
 # %% [markdown]
 # ## Results
@@ -355,12 +206,14 @@ plt.show()
 decode_pps = (
     next(r["pixels_per_second"] for r in k_sweep if r["k"] == BASE.k_nearest)
     if BASE.k_nearest in K_VALUES
-    else pixels_per_second(decoder_fn(), grid_b, z_time)
-)
+    else checks.k_sweep(BASE, key, [BASE.k_nearest], grid_size=GRID, batch=TIMING_BATCH,
+                        repeats=TIMING_REPEATS, num_elements=1, eq_batch=1,
+                        num_pixels=EQ_PIXELS)[0]["pixels_per_second"]
+)  # fmt: skip
 results = dict(
     equivariance_error=equivariance,
     equivariance_error_by_k=eq_by_k,
-    equivariance_group=GROUP,
+    equivariance_group=checks.CHECK_GROUP,
     decode_pixels_per_second=decode_pps,
     n_params=n_params,
     config=dataclasses.asdict(BASE),

@@ -7,7 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_debug_nans", False)
+jax.config.update("jax_debug_nans", True)
 
 
 @pytest.fixture

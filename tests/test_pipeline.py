@@ -57,16 +57,34 @@ def test_ipynb_twin_code_cells_match_py_source(source):
     assert nb_code == py_code, f"{twin.name} is out of sync with {source.name}: run `make sync`"
 
 
-@pytest.mark.parametrize("source", pipeline.notebook_sources(), ids=lambda p: p.stem)
-def test_cpu_profile_equals_notebook_defaults(source):
-    """Running a notebook by hand (JupyterLab) gives the cpu profile, and the published
-    twins (papermill's injected cell dropped) show the values that produced their outputs."""
-    defaults = pipeline.parameter_defaults(source)
-    for key, value in pipeline.notebook_parameters("cpu", source.stem).items():
-        assert defaults.get(key) == value, (
-            f"{source.name}: parameters cell has {key} = {defaults.get(key)!r}, "
-            f"profiles/cpu.yaml has {value!r}"
-        )
+def test_cpu_profile_overrides_nothing_but_its_name():
+    """The cpu values are the notebooks' defaults (running a notebook by hand in JupyterLab
+    gives the cpu study), so profiles/cpu.yaml must not restate them."""
+    assert pipeline.load_profile("cpu") == {"common": {"PROFILE": "cpu"}}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_profiles_hold_only_values_that_differ_from_the_defaults(profile):
+    data = pipeline.load_profile(profile)
+    for source in pipeline.notebook_sources():
+        defaults = pipeline.parameter_defaults(source)
+        for section in ("common", source.stem):
+            for key, value in data.get(section, {}).items():
+                if key == "PROFILE" or key not in defaults:
+                    continue
+                if isinstance(value, dict) and isinstance(defaults[key], dict):
+                    same = [k for k, v in value.items() if defaults[key].get(k) == v]
+                    assert not same, f"{profile}.yaml {section}.{key} restates defaults {same}"
+                else:
+                    assert value != defaults[key], f"{profile}.yaml {section}.{key} = default"
+
+
+def test_dict_parameters_are_overridden_key_by_key():
+    params = pipeline.notebook_parameters("smoke", "03_meta_learning")
+    defaults = pipeline.parameter_defaults(pipeline.repo_path("notebooks", "03_meta_learning.py"))
+    smoke = pipeline.load_profile("smoke")["03_meta_learning"]["META"]
+    assert params["META"] == {**defaults["META"], **smoke}
+    assert set(smoke) < set(params["META"])  # the profile sets only some keys
 
 
 def test_missing_parameters_cell_is_an_error(tmp_path):
@@ -102,8 +120,31 @@ def test_failing_notebook_names_notebook_and_cell(tmp_path, monkeypatch):
 
 
 def test_results_json_of_committed_cpu_run_parse():
-    for path in repo_path("results", "cpu").glob("*.json"):
-        json.loads(path.read_text())
+    paths = sorted(repo_path("results", "cpu").glob("*.json"))
+    names = {p.stem for p in paths}
+    assert names >= {s.stem for s in pipeline.notebook_sources()} | {"metrics"}, names
+    for path in paths:
+        assert isinstance(json.loads(path.read_text()), dict), path
+
+
+def test_publish_replaces_the_twin_with_compacted_outputs_and_no_injected_cell(tmp_path):
+    source = pipeline.notebook_sources()[0]
+    nb = pipeline.to_notebook(source)
+    injected = nbformat.v4.new_code_cell("PROFILE = 'smoke'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(1, injected)
+    code = next(c for c in nb.cells if c.cell_type == "code" and c is not injected)
+    code.outputs = [nbformat.v4.new_output("stream", text="step 1\rstep 2\rstep 3\n" * 2)]
+    code.metadata["papermill"] = {"duration": 1.0}
+    executed, twin = tmp_path / "run.ipynb", tmp_path / source.with_suffix(".ipynb").name
+    nbformat.write(nb, executed)
+    (tmp_path / source.name).write_text(source.read_text())  # the twin's .py source
+    pipeline.publish(executed, twin)
+    out = nbformat.read(twin, as_version=4)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in out.cells)
+    texts = [o["text"] for c in out.cells for o in c.get("outputs", []) if "text" in o]
+    assert texts == ["step 3\nstep 3\n"]  # only the final state of each progress line
+    assert all("papermill" not in c.metadata for c in out.cells)
 
 
 def test_figures_of_non_default_profiles_do_not_overwrite_committed_figures(monkeypatch):

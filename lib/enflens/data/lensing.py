@@ -40,7 +40,7 @@ import numpy as np
 #: Class names in label order.
 CLASS_NAMES: tuple[str, ...] = ("no_sub", "cdm", "axion")
 
-# --- physical set-up shared by all recipes (RECIPES.md section 2) ---------------------------
+# --- physical set-up shared by all recipes (docs/references.md §2) ---------------------------
 Z_LENS = 0.5
 Z_SOURCE = 1.0
 #: Cosmology of the published ``mass_to_radius`` (astropy FlatLambdaCDM).
@@ -582,6 +582,36 @@ def lens_maps(params: dict[str, Any], diff: float | None = None) -> dict[str, np
         "alpha_y": ay.reshape(n, n),
         "x": x,
         "y": y,
+    }
+
+
+def macro_lens(params: dict[str, Any]) -> dict[str, Any]:
+    """The sample description with only the smooth lens (SIE + external shear, the first two
+    lens profiles): the reference for the deflection the substructure adds."""
+    return {**params, "lens_model_list": params["lens_model_list"][:2],
+            "kwargs_lens": params["kwargs_lens"][:2]}  # fmt: skip
+
+
+def substructure_deflection(params: dict[str, Any], diff: float) -> dict[str, np.ndarray]:
+    """Convergence of the full lens (finite-difference step ``diff`` arcsec) and the magnitude
+    of the deflection the substructure adds, |alpha - alpha_SIE+shear| (arcsec), on the pixel
+    grid: {"kappa": (n, n), "extra_deflection": (n, n)}."""
+    maps, macro = lens_maps(params, diff=diff), lens_maps(macro_lens(params))
+    extra = np.hypot(maps["alpha_x"] - macro["alpha_x"], maps["alpha_y"] - macro["alpha_y"])
+    return {"kappa": maps["kappa"], "extra_deflection": extra}
+
+
+def class_statistics(recipe: str | Recipe, seed: int, n: int) -> dict[str, np.ndarray]:
+    """Parameter draws of ``n`` CDM and ``n`` axion samples (no rendering; split id 9, unused
+    by the datasets): total CDM subhalo mass (solar masses), axion mass m_a (eV) and vortex
+    length (arcsec), each (n,)."""
+    rngs = [sample_rng(seed, 9, i) for i in range(n)]
+    cdm = [draw_sample(recipe, 1, g) for g in rngs]
+    axion = [draw_sample(recipe, 2, g) for g in rngs]
+    return {
+        "cdm_total_mass": np.array([d.sub_mass.sum() for d in cdm]),
+        "m_a": np.array([d.m_a for d in axion]),
+        "vortex_length": 2 * np.array([d.vortex_half_length for d in axion]),
     }
 
 

@@ -102,3 +102,187 @@ def reconstructions(
         axes[r, 0].set_ylabel(row_names[r])
     fig.colorbar(im, ax=axes[:, -1], shrink=0.6, label="residual")
     return fig
+
+
+# ----------------------------------------------------------------------------- notebook 02
+
+BI_COLORS = {"translation": "tab:blue", "roto_translation": "tab:green",
+             "isotropic": "tab:orange", "absolute": "tab:red"}  # fmt: skip
+
+
+def _field(ax: Any, img: np.ndarray, title: str, latents: Any = None, vlim: Any = None) -> Any:
+    im = ax.imshow(img, origin="lower", extent=(-1, 1, -1, 1), cmap="magma",
+                   vmin=vlim[0] if vlim else None, vmax=vlim[1] if vlim else None)  # fmt: skip
+    if latents is not None:
+        p, th = np.asarray(latents.positions[0]), np.asarray(latents.orientations[0])
+        ax.quiver(p[:, 0], p[:, 1], np.cos(th), np.sin(th), color="cyan", scale=18, width=0.006)
+        ax.scatter(p[:, 0], p[:, 1], s=8, c="cyan")
+    ax.set(title=title, xlim=(-1, 1), ylim=(-1, 1), xticks=[], yticks=[])
+    return im
+
+
+def moved_fields(demos: Mapping[str, Mapping[str, Any]]) -> Any:
+    """One row per bi-invariant: f(x; z), the field moved by g, the field of the moved latents
+    and their difference. ``demos``: bi -> :func:`enflens.evaluate.decoder.moved_fields`."""
+    fig, axes = plt.subplots(len(demos), 4, figsize=(15, 3.8 * len(demos)), squeeze=False)
+    for row, (bi, d) in zip(axes, demos.items(), strict=True):
+        vlim = (float(d["base"].min()), float(d["base"].max()))
+        _field(row[0], d["base"], f"{bi}: f(x; z)", d["latents"], vlim)
+        _field(row[1], d["moved"], "field moved by g: f(g⁻¹x; z)", d["moved_latents"], vlim)
+        _field(row[2], d["decoded_moved"], "latents moved by g: f(x; g z)", d["moved_latents"],
+               vlim)  # fmt: skip
+        diff = np.abs(d["decoded_moved"] - d["moved"])
+        im = _field(row[3], diff, f"|difference|, max rel. {d['relative_error']:.1e}")
+        fig.colorbar(im, ax=row[3], fraction=0.046)
+    fig.suptitle("Equivariance by construction: moving the latents moves the field, unless the "
+                 "decoder reads absolute coordinates")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def error_vs_angle(angles: np.ndarray, sweep: Mapping[str, np.ndarray], k: int | None) -> Any:
+    """Equivariance error per bi-invariant against the rotation angle (radians)."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for bi, errs in sweep.items():
+        ax.semilogy(np.rad2deg(angles), errs, "o-", ms=3, color=BI_COLORS.get(bi), label=bi)
+    ax.axhline(1e-5, color="k", ls="--", lw=1, label="tolerance 1e-5")
+    ax.set(xlabel="rotation angle (degrees), translation (0.3, -0.2)",
+           ylabel="max |f(gx;gz) - f(x;z)| / max |f|",
+           title=f"Equivariance error vs rotation angle (k = {k})")  # fmt: skip
+    ax.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def k_nearest_tradeoff(rows: Sequence[Mapping[str, float]], num_latents: int, label: str) -> Any:
+    """Equivariance error, deviation from all latents and decode speed against k."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ks = [r["k"] for r in rows]
+    ax1.semilogy(ks, [r["equivariance_error"] for r in rows], "o-", label="equivariance error")
+    partial = [r for r in rows if r["k"] < num_latents]  # k = N is "all": deviation 0
+    ax1.semilogy([r["k"] for r in partial], [r["deviation_from_all"] for r in partial], "s-",
+                 label="deviation from all latents")  # fmt: skip
+    ax1.axhline(1e-5, color="k", ls="--", lw=1)
+    ax1.set(xlabel="k nearest latents", ylabel="max relative difference", title="Accuracy")
+    ax1.legend()
+    ax2.plot(ks, [r["pixels_per_second"] / 1e3 for r in rows], "o-", color="tab:purple")
+    ax2.set(xlabel="k nearest latents", ylabel="thousand pixels / s",
+            title=f"Decode speed ({label}, this CPU)", ylim=(0, None))  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- notebook 01
+
+
+def _imshow(ax: Any, img: np.ndarray, extent: Any, cmap: str = "magma", **kw: Any) -> Any:
+    im = ax.imshow(img, origin="lower", cmap=cmap, extent=extent, **kw)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def class_samples(
+    images: np.ndarray, labels: np.ndarray, m_a: np.ndarray, n_show: int, half_fov: float,
+    class_names: Sequence[str],
+) -> Any:
+    """A grid of samples, one row per class (axion samples titled with their m_a in eV)."""
+    extent = (-half_fov, half_fov, -half_fov, half_fov)
+    fig, axes = plt.subplots(3, n_show, figsize=(1.9 * n_show, 6.0), squeeze=False)
+    for label in range(3):
+        for ax, i in zip(axes[label], np.flatnonzero(labels == label)[:n_show], strict=False):
+            _imshow(ax, images[i], extent)
+            if label == 2:
+                ax.set_title(f"m_a={m_a[i]:.1e}", fontsize=7)
+        axes[label, 0].set_ylabel(class_names[label])
+    return fig
+
+
+def recipe_panel(panels: Mapping[str, Sequence[np.ndarray]], half_fovs: Mapping[str, float],
+                 class_names: Sequence[str]) -> Any:
+    """One column per recipe, one row per class: ``panels[recipe][label]`` (H, W)."""
+    fig, axes = plt.subplots(3, len(panels), figsize=(2.5 * len(panels), 7.5), squeeze=False)
+    for col, (name, imgs) in enumerate(panels.items()):
+        h = half_fovs[name]
+        for label, img in enumerate(imgs):
+            _imshow(axes[label, col], img, (-h, h, -h, h))
+            if label == 0:
+                axes[label, col].set_title(name)
+            if col == 0:
+                axes[label, col].set_ylabel(class_names[label])
+    return fig
+
+
+def noise_panel(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray], half_fov: float,
+                titles: Sequence[str]) -> Any:
+    """Columns: samples; rows: noise-free render, stored noisy image, their difference."""
+    extent = (-half_fov, half_fov, -half_fov, half_fov)
+    fig, axes = plt.subplots(3, len(clean), figsize=(2.5 * len(clean), 7.5), squeeze=False)
+    for j, (c, n) in enumerate(zip(clean, noisy, strict=True)):
+        lim = float(np.abs(n - c).max())
+        _imshow(axes[0, j], c, extent)
+        _imshow(axes[1, j], n, extent)
+        _imshow(axes[2, j], n - c, extent, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[0, j].set_title(titles[j])
+    for i, name in enumerate(("noise-free", "noisy (stored)", "noise")):
+        axes[i, 0].set_ylabel(name)
+    return fig
+
+
+def lens_maps(rows: Sequence[tuple[str, np.ndarray, Mapping[str, np.ndarray]]],
+              half_fov: float) -> Any:
+    """Per row (name, image, :func:`enflens.data.lensing.substructure_deflection` maps): the
+    image, log10 kappa and log10 of the deflection the substructure adds."""
+    extent = (-half_fov, half_fov, -half_fov, half_fov)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.15 * len(rows)), layout="constrained",
+                             squeeze=False)  # fmt: skip
+    for r, (name, image, maps) in enumerate(rows):
+        panels = [(image, "image", "magma"),
+                  (np.log10(np.clip(maps["kappa"], 1e-3, None)), "log10 kappa", "viridis"),
+                  (np.log10(np.clip(maps["extra_deflection"], 1e-5, None)),
+                   "log10 |extra deflection| (arcsec)", "cividis")]  # fmt: skip
+        for ax, (img, title, cmap) in zip(axes[r], panels, strict=True):
+            fig.colorbar(ax.imshow(img, origin="lower", cmap=cmap, extent=extent), ax=ax,
+                         shrink=0.8)  # fmt: skip
+            ax.set_title(f"{name}: {title}", fontsize=9)
+    return fig
+
+
+def class_stats(stats: Mapping[str, np.ndarray], image_scale: np.ndarray, labels: np.ndarray,
+                *, axion_mass: float, field_width: float, ring_diameter: float,
+                class_names: Sequence[str]) -> Any:
+    """Total CDM mass, vortex length against m_a, and the raw image maximum per class."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+    axes[0].hist(np.log10(stats["cdm_total_mass"]), bins=40, color="tab:blue")
+    axes[0].axvline(np.log10(axion_mass), color="tab:red", ls="--", label="vortex mass")
+    axes[0].set_xlabel("log10 total CDM subhalo mass (Msun)")
+    axes[0].legend()
+    axes[1].loglog(stats["m_a"], stats["vortex_length"], ".", ms=2, color="tab:red")
+    axes[1].axhline(field_width, color="k", ls=":", label="field width")
+    axes[1].axhline(ring_diameter, color="tab:gray", ls="--", label="Einstein ring diameter")
+    axes[1].set(xlabel="m_a (eV)", ylabel="vortex length (arcsec)")
+    axes[1].legend()
+    for label in range(3):
+        axes[2].hist(image_scale[labels == label], bins=20, histtype="step",
+                     label=class_names[label])  # fmt: skip
+    axes[2].set_xlabel("raw image maximum (e-/s)")
+    axes[2].legend()
+    return fig
+
+
+def class_means(images: np.ndarray, labels: np.ndarray, half_fov: float,
+                class_names: Sequence[str]) -> Any:
+    """The mean image per class and the differences of the substructure classes from no_sub."""
+    extent = (-half_fov, half_fov, -half_fov, half_fov)
+    means = [images[labels == k].mean(0) for k in range(3)]
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3), layout="constrained")
+    for k in range(3):
+        _imshow(axes[k], means[k], extent)
+        axes[k].set_title(f"mean {class_names[k]}")
+    lim = max(float(np.abs(means[k] - means[0]).max()) for k in (1, 2))
+    for j, k in enumerate((1, 2)):
+        im = _imshow(axes[3 + j], means[k] - means[0], extent, cmap="RdBu_r", vmin=-lim,
+                     vmax=lim)  # fmt: skip
+        axes[3 + j].set_title(f"{class_names[k]} - no_sub")
+    fig.colorbar(im, ax=axes[3:], shrink=0.8)
+    return fig

@@ -17,7 +17,8 @@ from enflens.io import repo_path
 from enflens.study.results import PROMISED_KEYS
 
 #: Published results on DeepLenseSim Model II ("Model A" in the slides) and the ENF slides.
-#: Source: Cheeramvelil et al., NeurIPS 2023 ML4PS workshop; DeepLense repository (see RECIPES).
+#: Source: Cheeramvelil et al., NeurIPS 2023 ML4PS workshop; ML4SCI/DeepLense
+#: (docs/references.md §1).
 PUBLISHED_ANCHORS: list[dict[str, Any]] = [
     {
         "model": "C8 steerable CNN (e2cnn; code builds C4)",
