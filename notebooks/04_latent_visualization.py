@@ -54,18 +54,16 @@ import time
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from enflens import data, grid
 from enflens.data import lensing
-from enflens.evaluate import rotation
+from enflens.evaluate import latents, rotation
 from enflens.fields import adapters
 from enflens.geometry import SE2, Latents
 from enflens.metalearn import encode as encode_mod
 from enflens.metalearn.latent_store import read_latent_store
 from enflens.study import classifiers as study_clf
-from enflens.study import stages
+from enflens.study import figures, stages
 from enflens.study.results import repo_path, save_results, savefig
 from enflens.viz import draw_latents, draw_paths, show_image, unbatch
 
@@ -285,34 +283,12 @@ print(json.dumps(pose_error, indent=1))
 # of its $N$ context vectors, by PCA and by t-SNE (`N_EMBED` training images).
 
 # %%
-train_lat = stores["train"].latents
 n_embed = min(N_EMBED, len(stores["train"]))
-sel = np.random.default_rng(SEED).choice(len(stores["train"]), n_embed, replace=False)
+sel = np.sort(np.random.default_rng(SEED).choice(len(stores["train"]), n_embed, replace=False))
+train_lat = jax.tree.map(lambda a: np.asarray(a)[sel], stores["train"].latents)
 y_embed = stores["train"].labels[sel]
-ctx = np.asarray(train_lat.contexts[sel])  # (n, N, D)
-mean_ctx = ctx.mean(axis=1)  # (n, D)
-flat = ctx.reshape(-1, ctx.shape[-1])
-flat_y = np.repeat(y_embed, ctx.shape[1])
-sub = np.random.default_rng(SEED + 1).choice(len(flat), min(5000, len(flat)), replace=False)
-pca_latent = PCA(2).fit(flat[sub])
-pca_image = PCA(2).fit(mean_ctx)
-t0 = time.perf_counter()
-tsne = TSNE(2, perplexity=min(TSNE_PERPLEXITY, (n_embed - 1) / 3), init="pca",
-            random_state=SEED).fit_transform(mean_ctx)  # fmt: skip
-print(f"t-SNE of {n_embed} images in {time.perf_counter() - t0:.1f} s")
-fig, axes = plt.subplots(1, 3, figsize=(14, 4.3), layout="constrained")
-panels = [
-    (pca_latent.transform(flat[sub]), flat_y[sub], "PCA, one point per latent", 2),
-    (pca_image.transform(mean_ctx), y_embed, "PCA, mean context per image", 6),
-    (tsne, y_embed, "t-SNE, mean context per image", 6),
-]
-for ax, (xy, lab, title, size) in zip(axes, panels, strict=True):
-    for c in range(3):
-        m = lab == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=0.5, color=CLASS_COLORS[c], label=CLASSES[c])
-    ax.set_title(title)
-axes[0].legend(markerscale=3)
-savefig(fig, "04_latent_visualization_contexts")
+emb = latents.context_embedding(train_lat, y_embed, seed=SEED, perplexity=TSNE_PERPLEXITY)
+savefig(figures.context_embedding(emb, CLASSES), "04_latent_visualization_contexts")
 
 # %% [markdown]
 # ## Rotation-invariant summaries per class
@@ -324,35 +300,9 @@ savefig(fig, "04_latent_visualization_contexts")
 # classes here are cues that an invariant classifier (notebook 05) can use.
 
 # %%
-pos = np.asarray(train_lat.positions[sel])
-radius_arcsec = np.linalg.norm(pos, axis=-1) * PX * ARCSEC  # (n, N)
-rel_ori = np.degrees(
-    (np.asarray(train_lat.orientations[sel]) - np.arctan2(pos[..., 1], pos[..., 0]) + np.pi)
-    % (2 * np.pi) - np.pi
-)  # fmt: skip
-summaries = {
-    "context_norm": np.linalg.norm(ctx, axis=-1),
-    "radius_arcsec": radius_arcsec,
-    "window": np.asarray(train_lat.windows[sel]),
-    "relative_orientation_deg": rel_ori,
-}
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), layout="constrained")
-per_class = {}
-for ax, (name, v) in zip(axes, summaries.items(), strict=True):
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    bins = (
-        np.linspace(lo, hi + 1e-6, 40) if hi - lo > 1e-6 else np.linspace(lo - 0.01, lo + 0.01, 5)
-    )
-    per_class[name] = {}
-    for c in range(3):
-        vc = v[y_embed == c].ravel()
-        ax.hist(vc, bins=bins, histtype="step", density=True, color=CLASS_COLORS[c],
-                label=CLASSES[c])  # fmt: skip
-        per_class[name][CLASSES[c]] = {"mean": float(vc.mean()), "std": float(vc.std())}
-    ax.set_xlabel(name.replace("_", " "))
-axes[0].legend()
-if np.ptp(summaries["window"]) < 1e-6:
-    axes[2].set_title("windows are not fitted (all equal)", fontsize=9)
+summaries = latents.invariant_summaries(train_lat, arcsec_per_unit=PX * ARCSEC)
+per_class = latents.per_class_moments(summaries, y_embed, CLASSES)
+fig = figures.invariant_histograms(summaries, y_embed, CLASSES)
 savefig(fig, "04_latent_visualization_invariants")
 print(json.dumps(per_class, indent=1))
 
@@ -365,10 +315,7 @@ results = {
     "pose_error": pose_error,
     "latent_motion": motion,
     "invariant_summaries": per_class,
-    "pca_explained_variance": {
-        "per_latent": pca_latent.explained_variance_ratio_.tolist(),
-        "per_image_mean": pca_image.explained_variance_ratio_.tolist(),
-    },
+    "pca_explained_variance": emb.explained_variance,
     "n_embed": n_embed,
     "val_psnr_db_per_class": {
         CLASSES[c]: float(stores["val"].psnr[stores["val"].labels == c].mean()) for c in range(3)

@@ -286,3 +286,44 @@ def class_means(images: np.ndarray, labels: np.ndarray, half_fov: float,
         axes[3 + j].set_title(f"{class_names[k]} - no_sub")
     fig.colorbar(im, ax=axes[3:], shrink=0.8)
     return fig
+
+
+# ----------------------------------------------------------------------------- notebook 04
+
+CLASS_COLORS = ["tab:green", "tab:red", "tab:purple"]
+
+
+def context_embedding(emb: Any, class_names: Sequence[str]) -> Any:
+    """The three maps of :func:`enflens.evaluate.latents.context_embedding`, coloured by class."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3), layout="constrained")
+    panels = [(emb.per_latent, emb.per_latent_labels, "PCA, one point per latent", 2),
+              (emb.per_image_pca, emb.labels, "PCA, mean context per image", 6),
+              (emb.per_image_tsne, emb.labels, "t-SNE, mean context per image", 6)]  # fmt: skip
+    for ax, (xy, lab, title, size) in zip(axes, panels, strict=True):
+        for c in range(len(class_names)):
+            m = lab == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=0.5, color=CLASS_COLORS[c],
+                       label=class_names[c])  # fmt: skip
+        ax.set_title(title)
+    axes[0].legend(markerscale=3)
+    return fig
+
+
+def invariant_histograms(
+    summaries: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str]
+) -> Any:
+    """One histogram per invariant quantity, one line per class (density)."""
+    fig, axes = plt.subplots(1, len(summaries), figsize=(3.8 * len(summaries), 3.4),
+                             layout="constrained", squeeze=False)  # fmt: skip
+    for ax, (name, v) in zip(axes[0], summaries.items(), strict=True):
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        bins = np.linspace(lo, hi + 1e-6, 40) if hi - lo > 1e-6 else np.linspace(lo - 0.01,
+                                                                                 lo + 0.01, 5)
+        for c in range(len(class_names)):
+            ax.hist(v[labels == c].ravel(), bins=bins, histtype="step", density=True,
+                    color=CLASS_COLORS[c], label=class_names[c])  # fmt: skip
+        ax.set_xlabel(name.replace("_", " "))
+        if np.ptp(v) < 1e-6:
+            ax.set_title("all equal (not fitted)", fontsize=9)
+    axes[0, 0].legend()
+    return fig
