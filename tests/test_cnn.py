@@ -8,9 +8,15 @@ from flax import nnx
 
 from enflens.classify import image_models as cnn
 from enflens.classify.train import fit, predict
-from enflens.evaluate.metrics import rotation_error
 from enflens.grid import rot90_images, rotate_images
 from enflens.nn import count_params
+
+
+def rotation_error(model, images, angle):
+    """max |l(R x) - l(x)| / max |l(x)| of the logits l under the bilinear image rotation R."""
+    base = predict(model, images)
+    rotated = predict(model, np.asarray(rotate_images(images, angle)))
+    return float(np.abs(rotated - base).max() / np.abs(base).max())
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:

@@ -14,7 +14,6 @@ from enflens.geometry import (
     pair_invariants,
     random_se2,
     rotate,
-    rotation_matrix,
     wrap_angle,
 )
 from enflens.testing import random_latents
@@ -41,19 +40,6 @@ def test_random_se2_ranges_and_shapes(key):
     assert float(g.angle.min()) >= 0 and float(g.angle.max()) < 2 * np.pi
     assert float(jnp.abs(g.translation).max()) <= 0.3
     assert float(g.angle.std()) > 1.0  # spread over the circle, not a constant
-
-
-def test_rotation_matrix_matches_rotate(keys):
-    theta = jax.random.uniform(next(keys), (5,), jnp.float32, -4, 4)
-    x = _points(next(keys), (5,))
-    np.testing.assert_allclose(
-        jnp.einsum("bij,bj->bi", rotation_matrix(theta), x), rotate(theta, x), atol=ATOL
-    )
-    r = rotation_matrix(theta)
-    np.testing.assert_allclose(
-        r @ jnp.swapaxes(r, -1, -2), np.broadcast_to(np.eye(2), r.shape), atol=ATOL
-    )
-    np.testing.assert_allclose(jnp.linalg.det(r), 1.0, atol=ATOL)
 
 
 def test_rotation_is_counter_clockwise():

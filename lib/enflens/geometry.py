@@ -22,12 +22,6 @@ import numpy as np
 Array = jax.Array
 
 
-def rotation_matrix(theta: Array) -> Array:
-    """Rotation matrices R(theta): (...,) radians -> (..., 2, 2)."""
-    c, s = jnp.cos(theta), jnp.sin(theta)
-    return jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)
-
-
 def rotate(theta: Array, x: Array) -> Array:
     """R(theta) x for points x (..., 2); theta broadcasts against x[..., 0]."""
     c, s = jnp.cos(theta), jnp.sin(theta)

@@ -7,7 +7,7 @@ ROC quantities only use the ranking of each column). The ROC AUC is computed fro
 empirical ROC curve with ties counted one half.
 
 Robustness helpers: :func:`invariance_error` (random continuous SE(2) transforms of latent point
-clouds), :func:`rotation_error` and :func:`accuracy_under_rotation` (image rotations with
+clouds), :func:`accuracy_under_rotation` (image rotations with
 :func:`enflens.grid.rotate_images`, the same bilinear rotation as the training augmentation).
 """
 
@@ -207,17 +207,6 @@ def invariance_error(
             _relative_change(base, predict(model, latents.transform(g), batch_size=batch_size))
         )
     return max(errs)
-
-
-def rotation_error(model: nnx.Module, images: Any, angle: float, *, batch_size: int = 256) -> float:
-    """Relative change of the logits when the images are rotated by ``angle`` radians.
-
-    ``max |l(R x) - l(x)| / max |l(x)|`` with R the bilinear rotation of
-    :func:`enflens.grid.rotate_images`. Images (B, H, W[, C]).
-    """
-    base = predict(model, images, batch_size=batch_size)
-    rotated = np.asarray(rotate_images(images, angle))
-    return _relative_change(base, predict(model, rotated, batch_size=batch_size))
 
 
 def accuracy_under_rotation(
