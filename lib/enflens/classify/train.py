@@ -86,6 +86,33 @@ def _check_split(x: PyTree, y: np.ndarray, num_classes: int, name: str) -> np.nd
 # ----------------------------------------------------------------------------- augmentations
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LatentAugmentation:
+    """Augmentation of a batched Latents (B, N, ...); see :func:`latent_augmentation`.
+
+    A pytree: the noise levels are traced, so one compiled training step serves every level;
+    ``random_transform`` is static.
+    """
+
+    position_noise: float = 0.0
+    orientation_noise: float = 0.0
+    context_noise: float = 0.0
+    max_translation: float = 0.0
+    random_transform: bool = dataclasses.field(default=False, metadata={"static": True})
+
+    def __call__(self, key: Array, z: Latents) -> Latents:
+        kp, ko, kc, kg = jax.random.split(key, 4)
+        pos, ori, ctx = z.positions, z.orientations, z.contexts
+        pos = pos + self.position_noise * jax.random.normal(kp, pos.shape, pos.dtype)
+        ori = ori + self.orientation_noise * jax.random.normal(ko, ori.shape, ori.dtype)
+        ctx = ctx + self.context_noise * jax.random.normal(kc, ctx.shape, ctx.dtype)
+        z = dataclasses.replace(z, positions=pos, orientations=ori, contexts=ctx)
+        if self.random_transform:
+            z = z.transform(random_se2(kg, pos.shape[:-2], max_translation=self.max_translation))
+        return z
+
+
 def latent_augmentation(
     *,
     position_noise: float = 0.0,
@@ -93,7 +120,7 @@ def latent_augmentation(
     context_noise: float = 0.0,
     random_transform: bool = False,
     max_translation: float = 0.0,
-) -> Augment:
+) -> LatentAugmentation:
     """Augmentation of a batched Latents (B, N, ...).
 
     Args:
@@ -106,41 +133,53 @@ def latent_augmentation(
         max_translation: see ``random_transform``.
 
     Returns:
-        ``augment(key, latents) -> latents``, jax-traceable.
+        ``augment(key, latents) -> latents``, jax-traceable (a :class:`LatentAugmentation`).
     """
     if min(position_noise, orientation_noise, context_noise, max_translation) < 0:
         raise ValueError("latent_augmentation: noise levels and max_translation must be >= 0")
-
-    def augment(key: Array, z: Latents) -> Latents:
-        kp, ko, kc, kg = jax.random.split(key, 4)
-        pos, ori, ctx = z.positions, z.orientations, z.contexts
-        if position_noise:
-            pos = pos + position_noise * jax.random.normal(kp, pos.shape, pos.dtype)
-        if orientation_noise:
-            ori = ori + orientation_noise * jax.random.normal(ko, ori.shape, ori.dtype)
-        if context_noise:
-            ctx = ctx + context_noise * jax.random.normal(kc, ctx.shape, ctx.dtype)
-        z = dataclasses.replace(z, positions=pos, orientations=ori, contexts=ctx)
-        if random_transform:
-            g = random_se2(kg, pos.shape[:-2], max_translation=max_translation)
-            z = z.transform(g)
-        return z
-
-    return augment
+    return LatentAugmentation(
+        float(position_noise), float(orientation_noise), float(context_noise),
+        float(max_translation), bool(random_transform),
+    )  # fmt: skip
 
 
-def image_augmentation(max_angle: float = math.pi) -> Augment:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ImageAugmentation:
+    """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians);
+    see :func:`image_augmentation`. A pytree (``max_angle`` is traced)."""
+
+    max_angle: float = math.pi
+
+    def __call__(self, key: Array, images: Array) -> Array:
+        a = self.max_angle
+        angles = jax.random.uniform(key, (images.shape[0],), jnp.float32, -a, a)
+        return rotate_images(images, angles)
+
+
+def image_augmentation(max_angle: float = math.pi) -> ImageAugmentation:
     """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians).
 
     Bilinear interpolation with zero fill (:func:`enflens.grid.rotate_images`); ``max_angle = pi``
     matches torchvision's ``RandomRotation(180)``. Returns ``augment(key, images) -> images``.
     """
+    return ImageAugmentation(float(max_angle))
 
-    def augment(key: Array, images: Array) -> Array:
-        angles = jax.random.uniform(key, (images.shape[0],), jnp.float32, -max_angle, max_angle)
-        return rotate_images(images, angles)
 
-    return augment
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NoiseAugmentation:
+    """Gaussian noise of standard deviation ``std`` added to every input (e.g. CNF latent
+    vectors (B, d)). A pytree (``std`` is traced).
+
+    >>> NoiseAugmentation(0.0)(jax.random.key(0), jnp.ones(3)).tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    std: float = 0.0
+
+    def __call__(self, key: Array, x: Array) -> Array:
+        return x + self.std * jax.random.normal(key, x.shape, x.dtype)
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -266,8 +305,10 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW on :func:`make_schedule` (+ optional global-norm clipping)."""
+    """AdamW on :func:`make_schedule` (+ optional global-norm clipping). Cached: equal configs
+    give the same transformation, so runs with equal settings share the compiled step."""
     adamw = optax.adamw(make_schedule(cfg), weight_decay=cfg.weight_decay, mask=_decay_mask)
     if cfg.grad_clip:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
@@ -279,7 +320,7 @@ def make_metrics() -> nnx.MultiMetric:
     return nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
 
 
-@nnx.jit(static_argnames=("augment", "label_smoothing"))
+@nnx.jit(static_argnames=("label_smoothing",))
 def train_step(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
@@ -295,7 +336,9 @@ def train_step(
     ``model`` through ``optimizer`` and accumulate loss and accuracy in ``metrics``.
 
     ``model`` must be in training mode (e.g. an ``nnx.view`` with ``use_running_average=False``).
-    ``augment`` and ``label_smoothing`` are static: one compilation per configuration.
+    ``augment`` is a pytree (:class:`LatentAugmentation`, :class:`ImageAugmentation`,
+    :class:`NoiseAugmentation`, or None) whose levels are traced, ``label_smoothing`` is static:
+    one compilation per model, batch shape, optimiser and augmentation kind.
     """
     if augment is not None:
         x = augment(key, x)
@@ -403,8 +446,9 @@ def fit(
         train_data: (x_train, y_train) -- inputs with leading axis n, integer labels (n,).
         val_data: (x_val, y_val), used for model selection and early stopping only.
         cfg: :class:`TrainConfig` (defaults if None); ``overrides`` replace its fields.
-        augment: optional ``augment(key, x_batch) -> x_batch`` applied to training batches
-            inside the jitted step (hashable; a new function means one more compilation).
+        augment: optional augmentation pytree, ``augment(key, x_batch) -> x_batch``, applied
+            to training batches inside the jitted step (:class:`LatentAugmentation`,
+            :class:`ImageAugmentation`, :class:`NoiseAugmentation`).
 
     Returns:
         History dict: per validation ``step`` (steps done), ``train_loss``, ``train_acc``

@@ -498,7 +498,9 @@ def classifier(
     progress: bool = False,
 ) -> ClassifierStage:
     """Train classifier ``name`` for exactly ``train_cfg["steps"]`` steps (or restore it from the
-    cache), selecting on the validation split, then evaluate it once on the test split.
+    cache), selecting on the validation split, then evaluate it once on the test split (the
+    metrics are stored beside the run, keyed by the content hash of the test inputs, so a
+    restored run is not evaluated again).
 
     Args:
         name: one of :data:`enflens.classify.registry.MODEL_NAMES`.
@@ -538,7 +540,12 @@ def classifier(
         write_json(run_dir / "history.json", hist)
         write_json(run_dir / "params.json", key)  # written last: marks the run complete
     x_te, y_te = inputs.split(name, "test")
-    test = metrics.evaluate(model, x_te, y_te)
+    test_file = run_dir / f"test-{tree_hash((x_te, np.asarray(y_te, np.int64)))}.json"
+    if test_file.is_file():  # this model on these test inputs was evaluated before
+        test = json.loads(test_file.read_text())
+    else:
+        test = metrics.evaluate(model, x_te, y_te)
+        write_json(test_file, test)
     return ClassifierStage(name, model, hist, test, run_dir, key, cached, len(y_tr))
 
 
@@ -568,6 +575,21 @@ class RotationStage:
     invariance_images: int
     path: Path
     cached: bool
+
+    def model_fields(self, name: str) -> dict[str, Any]:
+        """What model ``name``'s record in ``05_classifiers.json`` gets from this stage:
+        ``rotated_accuracy``, ``rotated_accuracy_latent_action``, ``invariance_error`` and the
+        ``rotation_curve`` (angles, accuracies and image counts)."""
+        c = self.curves[name]
+        curve = {"angles_deg": self.angles_deg, "accuracy": c["accuracy"],
+                 "n_images": c["n_images"], "latent_action_accuracy": c["latent_action_accuracy"],
+                 "latent_action_n_images": c["latent_action_n_images"]}  # fmt: skip
+        return {
+            "rotated_accuracy": c["rotated_accuracy"],
+            "rotated_accuracy_latent_action": c["rotated_accuracy_latent_action"],
+            "invariance_error": c["invariance_error"],
+            "rotation_curve": curve,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The ``rotation`` record of ``05_classifiers.json`` (curves are in the model records)."""
