@@ -119,7 +119,7 @@ def test_data_efficiency_reuses_the_full_runs_and_caches_its_table(
     full = stages.classifier("cnf_mlp", inputs, CFG, model_cfg=model_cfgs["cnf_mlp"],
                              cache_dir=tmp_path)  # fmt: skip
     assert len(counting_fit) == 1
-    kw = dict(steps={"cnf_mlp": 4}, eval_every=2, model_cfgs=model_cfgs, cache_dir=tmp_path)
+    kw = dict(steps={"cnf_mlp": 4}, evaluations=2, model_cfgs=model_cfgs, cache_dir=tmp_path)
     de = stages.data_efficiency(["cnf_mlp"], inputs, {"cnf_mlp": CFG}, [0.25, 1.0], **kw)
     assert not de.cached and len(counting_fit) == 2  # only the 25 % run trained
     small, whole = de.points["cnf_mlp"]

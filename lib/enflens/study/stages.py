@@ -722,7 +722,7 @@ def data_efficiency(
     fractions: list[float],
     *,
     steps: dict[str, int],
-    eval_every: int,
+    evaluations: int = 2,
     model_cfgs: dict[str, dict[str, Any]] | None = None,
     augment: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
@@ -732,14 +732,15 @@ def data_efficiency(
     """Train every model of ``names`` on stratified fractions of the training split.
 
     A fraction of 1 is the run of notebook 05 (``train_cfgs[name]``, restored from the
-    :func:`classifier` cache when 05 ran); a smaller fraction gets ``steps[name]`` steps with a
-    validation every ``eval_every`` steps and 05's other settings. Model selection uses the full
-    validation split; each run is evaluated once on the test split.
+    :func:`classifier` cache when 05 ran); a smaller fraction gets ``steps[name]`` steps,
+    ``evaluations`` validations evenly spaced over them and 05's other settings. Model selection
+    uses the full validation split; each run is evaluated once on the test split.
 
     Args:
         names: models; train_cfgs: model -> notebook 05's train config.
         fractions: in (0, 1].
-        steps, eval_every: the step budget of the runs on fractions below 1.
+        steps, evaluations: step budget and number of validations of the runs on fractions
+            below 1.
         model_cfgs: model -> config overrides; augment: input kind -> augmentation overrides.
         seed: as notebook 05's (also draws the subsets).
 
@@ -753,7 +754,8 @@ def data_efficiency(
         for fraction in fractions:
             cfg = dict(train_cfgs[name])
             if fraction < 1.0:
-                cfg.update(steps=int(steps[name]), eval_every=int(eval_every))
+                n = int(steps[name])
+                cfg.update(steps=n, eval_every=max(1, -(-n // int(evaluations))))
             kw = dict(model_cfg=model_cfgs.get(name, {}), seed=seed, fraction=float(fraction),
                       augment_cfg=augment.get(registry.input_kind(name)))  # fmt: skip
             _, key, _ = _classifier_run(name, inputs, cfg, cache_dir=cache_dir, **kw)
