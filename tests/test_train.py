@@ -1,6 +1,7 @@
 """Trainer: learning, validation-only model selection, step budgets and their schedule, early
 stopping, seeds, augmentations, prediction batching and checkpoint round trips."""
 
+import dataclasses
 import json
 
 import jax
@@ -212,3 +213,31 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(train.predict(other, x), train.predict(m, x))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.restore_checkpoint(other, tmp_path / "missing")
+
+
+TRACES: list[float] = []
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _CountingNoise:
+    """NoiseAugmentation that records each trace (its body runs only when jax traces it)."""
+
+    std: float
+
+    def __call__(self, key, x):
+        TRACES.append(1.0)
+        return train.NoiseAugmentation(self.std)(key, x)
+
+
+def test_train_step_is_compiled_once_for_equal_settings():
+    TRACES.clear()
+    cfg = train.TrainConfig(steps=4, eval_every=2, batch_size=16, progress=False)
+    for seed, std in ((0, 0.1), (1, 0.3)):  # other data, other noise level, a new model
+        tr, va = _blobs(seed, 48), _blobs(seed + 10, 16)
+        train.fit(_mlp(seed), tr, va, cfg, augment=_CountingNoise(std))
+    assert len(TRACES) == 1
+    # a different step count is a different schedule: one more compilation
+    train.fit(_mlp(), _blobs(0, 48), _blobs(1, 16), dataclasses.replace(cfg, steps=6),
+              augment=_CountingNoise(0.1))  # fmt: skip
+    assert len(TRACES) == 2
