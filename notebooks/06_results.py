@@ -68,7 +68,7 @@ collected = report.collect(PROFILE)
 r01, r02, r03, r05 = (
     collected[k] for k in ("01_lensing_data", "02_enf_theory", "03_meta_learning", "05_classifiers")
 )
-models = r05["models"]
+models = {m: r05["models"][m] for m in registry.MODEL_NAMES if m in r05["models"]}  # table order
 print(f"profile {PROFILE}: devices {collected['jax_devices']}")
 print("notebook wall times (s):", collected["notebook_seconds"])
 
