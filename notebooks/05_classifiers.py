@@ -49,26 +49,29 @@ N_TEST = 1000
 DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 MODELS = ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp", "resnet18", "c8_gcnn"]
-# Optimiser steps per model (batch 64). Chosen from bench/classifiers.py on the 2-core reference
-# machine (ms/step, busy machine): enf_mlp 3.7, enf_ponita 170-380, enf_transformer 210-360,
-# cnf_mlp 2.2, resnet18 2200-4600, c8_gcnn 1550-3200. The four large models get ~70 s each at
-# the lower times (400 x 0.17 s, 260 x 0.27 s, 32 x 2.2 s, 44 x 1.6 s); the MLPs ~10 s.
+# Optimiser steps per model (batch 64), chosen from bench/classifiers.py on the 2-core reference
+# machine. Process-CPU ms/step, two runs on a busy machine (wall times were up to 1.5-2x higher):
+# enf_mlp 3.9-4.9, enf_ponita 166-167, enf_transformer 169-212, cnf_mlp 2.2-2.3,
+# resnet18 2145-2216, c8_gcnn 1555-1633. The four large models get ~60 s each at those times
+# (360 x 0.167 s, 320 x 0.19 s, 28 x 2.18 s, 38 x 1.6 s), the MLPs ~10 s; with validations,
+# compilation, the test evaluations and the rotation curves the notebook takes ~11 min.
 STEPS = {
     "enf_mlp": 3000,
-    "enf_ponita": 400,
-    "enf_transformer": 260,
+    "enf_ponita": 360,
+    "enf_transformer": 320,
     "cnf_mlp": 3000,
-    "resnet18": 32,
-    "c8_gcnn": 44,
+    "resnet18": 28,
+    "c8_gcnn": 38,
 }
-# steps between validations (a validation of the CNNs costs ~10 s on 2 cores)
+# steps between validations: four per large latent model, two per CNN (one CNN validation on
+# the 900 validation images costs ~10-14 s on 2 cores)
 EVAL_EVERY = {
     "enf_mlp": 300,
-    "enf_ponita": 100,
-    "enf_transformer": 65,
+    "enf_ponita": 90,
+    "enf_transformer": 80,
     "cnf_mlp": 300,
-    "resnet18": 16,
-    "c8_gcnn": 22,
+    "resnet18": 14,
+    "c8_gcnn": 19,
 }
 LEARNING_RATE = {
     "enf_mlp": 1e-3,
