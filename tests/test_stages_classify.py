@@ -172,8 +172,8 @@ def encoded(tmp_path_factory):
     adapter = adapters.enf_adapter(cfg, lr_contexts=20.0)
     images = {s: _blob_images(n, seed=i) for i, (s, n) in enumerate(SPLIT_SIZES.items())}
     meta = outer.MetaConfig(
-        inner_steps=2, inner_pixels=64, outer_pixels=64, batch_size=8, num_steps=4,
-        warmup_steps=1, eval_every=0, checkpoint_every=0,
+        inner_steps=2, inner_pixels=64, outer_pixels=64, batch_size=8, num_steps=3,
+        warmup_steps=1, eval_every=0, checkpoint_every=0, first_order=True,
     )  # fmt: skip
     run = outer.meta_train(adapter, images["train"], meta, progress=False)
     dec = tmp / "enf_decoder"
