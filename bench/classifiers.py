@@ -1,13 +1,14 @@
 """Classifier throughput on CPU: median training-step and inference times per model (defaults).
 
 For every model of :mod:`enflens.classify.latent_models` and
-:mod:`enflens.classify.image_models` with its default config,
-builds one jitted training step exactly as :func:`enflens.classify.train.fit` does (AdamW,
-BatchNorm in
-training mode), compiles it once, then times ``--repeats`` steps on a random batch and prints
-the median seconds per step, examples per second, the extrapolated seconds per epoch of
-``--epoch-size`` examples, and the median evaluation time per example. CPU-seconds per step
-(process time) are printed too, since other jobs may share the cores.
+:mod:`enflens.classify.image_models` with its default config, runs the library's own training
+step :func:`enflens.classify.train.train_step` (AdamW, BatchNorm in training mode, the input
+kind's default augmentation, exactly as :func:`enflens.classify.train.fit` calls it), compiles it
+once, then times ``--repeats`` steps on a random batch and prints the median milliseconds per
+step, examples per second, the extrapolated seconds per epoch of ``--epoch-size`` examples, and
+the median evaluation time per example. CPU-seconds per step (process time) are printed too,
+since other jobs may share the cores. Use the ms/step to choose a profile's step counts
+(``STEPS`` in notebook 05): the counts are what gets written down, never the seconds.
 
     .venv/bin/python bench/classifiers.py [--batch 64] [--latents 25] [--context-dim 32]
         [--image-size 64] [--repeats 5] [--epoch-size 3000] [--models enf_ponita,resnet18]
@@ -21,12 +22,11 @@ import time
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
+from enflens.classify import registry, train
 from enflens.classify.image_models import CNN_CONFIGS, make_cnn
 from enflens.classify.latent_models import CLASSIFIER_CONFIGS, make_classifier
-from enflens.classify.train import TrainConfig, make_optimizer, predict
 from enflens.geometry import Latents
 from enflens.nn import count_params
 
@@ -56,43 +56,37 @@ def _model(name: str, args: argparse.Namespace) -> nnx.Module:
     )  # fmt: skip
 
 
-def bench(name: str, args: argparse.Namespace) -> None:
+def bench(name: str, args: argparse.Namespace) -> float:
+    """Time the library's train step for model ``name``; print and return ms per step."""
     rng = np.random.default_rng(0)
     x = _inputs(name, args, rng)
-    y = rng.integers(0, 3, args.batch)
+    y = rng.integers(0, 3, args.batch).astype(np.int32)
     model = _model(name, args)
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(TrainConfig(), 1000)
-    opt_state = tx.init(params)
+    kind = registry.input_kind(name)
+    augment = registry.make_augmentation(kind, registry.augment_settings(kind, None), x)
+    train_model = nnx.view(model, use_running_average=False, deterministic=False,
+                           raise_if_not_found=False)  # fmt: skip
+    optimizer = nnx.Optimizer(train_model, train.make_optimizer(train.TrainConfig()), wrt=nnx.Param)
+    metrics = train.make_metrics()
 
-    @jax.jit
-    def step(params, rest, opt_state, x, y):
-        def loss_fn(p):
-            m = nnx.merge(graphdef, p, rest, copy=True)
-            loss = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-            return loss, nnx.split(m, nnx.Param, ...)[2]
-
-        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_rest, opt_state, loss
+    def step(i: int) -> None:
+        train.train_step(train_model, optimizer, metrics, x, y, jax.random.key(i), augment=augment)
+        jax.block_until_ready(nnx.state(model))
 
     t0 = time.perf_counter()
-    out = step(params, rest, opt_state, x, y)
-    jax.block_until_ready(out)
+    step(0)
     compile_s = time.perf_counter() - t0
     wall, cpu = [], []
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        out = step(*out[:3], x, y)
-        jax.block_until_ready(out)
+        step(i + 1)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    predict(model, x, batch_size=args.batch)
+    train.predict(model, x, batch_size=args.batch)
     ev = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        predict(model, x, batch_size=args.batch)
+        train.predict(model, x, batch_size=args.batch)
         ev.append(time.perf_counter() - t0)
     s = statistics.median(wall)
     epoch_s = args.epoch_size / args.batch * s
@@ -103,6 +97,7 @@ def bench(name: str, args: argparse.Namespace) -> None:
         f"  eval {statistics.median(ev) / args.batch * 1e3:6.2f} ms/ex",
         flush=True,
     )
+    return s * 1e3
 
 
 def main() -> None:

@@ -139,8 +139,8 @@ def test_overfits_tiny_batch(name):
         x = _latents(rng, b=12)
         m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **SMALL[name])
     hist = fit(
-        m, (x, y), (x, y), epochs=40, batch_size=12, learning_rate=3e-3, weight_decay=0.0,
-        warmup_fraction=0.0, patience=None, progress=False,
+        m, (x, y), (x, y), steps=40, eval_every=1, batch_size=12, learning_rate=3e-3,
+        weight_decay=0.0, warmup_fraction=0.0, patience=None, progress=False,
     )  # fmt: skip
     assert hist["best_val_acc"] == 1.0
     assert (predict(m, x).argmax(-1) == y).all()

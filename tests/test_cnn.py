@@ -202,8 +202,8 @@ def test_cnn_overfits_tiny_batch(name, cfg):
     x, y = _toy_classes(np.random.default_rng(0), 12, 16)
     m = cnn.make_cnn(name, rngs=_rngs(), **cfg)
     hist = fit(
-        m, (x, y), (x, y), epochs=20, batch_size=4, learning_rate=3e-3, weight_decay=0.0,
-        warmup_fraction=0.0, patience=None, progress=False,
+        m, (x, y), (x, y), steps=60, eval_every=3, batch_size=4, learning_rate=3e-3,
+        weight_decay=0.0, warmup_fraction=0.0, patience=None, progress=False,
     )  # fmt: skip
     print(f"{name}: train acc {hist['train_acc'][-1]:.2f}, eval acc {hist['best_val_acc']:.2f}")
     assert hist["train_acc"][-1] == 1.0

@@ -1,4 +1,4 @@
-"""Study orchestration: stratified subsets, classifier caching, test metrics on hand-made
+"""Study orchestration: stratified subsets, config-key checks, test metrics on hand-made
 predictions, the rotation sign convention (images vs the SE(2) action on latents) and clear
 errors for missing inputs."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from enflens.classify import registry, train
+from enflens.classify import registry
 from enflens.evaluate import metrics, rotation
 from enflens.fields.enf import ENFConfig, ENFDecoder
 from enflens.geometry import Latents
@@ -38,7 +38,7 @@ def test_subsample_is_stratified_seeded_and_sorted():
             study_clf.subsample(y, bad, 0)
 
 
-# ----------------------------------------------------------------------------- caching
+# ----------------------------------------------------------------------------- config keys
 
 
 def _blobs(seed: int, n: int, d: int = 8):
@@ -48,78 +48,14 @@ def _blobs(seed: int, n: int, d: int = 8):
     return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
 
 
-_CFG = {"epochs": 3, "batch_size": 32, "learning_rate": 3e-3}
-
-
-def test_train_classifier_caches_and_restores(tmp_path, monkeypatch):
-    tr, va = _blobs(0, 96), _blobs(1, 48)
-    kw = dict(model_cfg={"hidden": 16}, train_cfg=_CFG, seed=0, cache_dir=tmp_path,
-              progress=False, data_tag={"fraction": 1.0})  # fmt: skip
-    m1, h1 = study_clf.train_classifier("cnf_mlp", tr, va, **kw)
-    assert not h1["cached"] and h1["epochs_run"] == 3
-    (run_dir,) = tmp_path.iterdir()
-    assert run_dir.name.startswith("cnf_mlp-")
-    assert {p.name for p in run_dir.iterdir()} >= {"state", "history.json", "params.json"}
-
-    calls = []
-    real_fit = train.fit
-
-    def counting_fit(*a, **k):
-        calls.append(1)
-        return real_fit(*a, **k)
-
-    monkeypatch.setattr(train, "fit", counting_fit)
-    m2, h2 = study_clf.train_classifier("cnf_mlp", tr, va, **kw)
-    assert calls == [] and h2["cached"]
-    assert h2["val_acc"] == h1["val_acc"] and h2["train_seconds"] == h1["train_seconds"]
-    np.testing.assert_array_equal(train.predict(m1, va[0]), train.predict(m2, va[0]))
-
-    # a changed parameter retrains into a new folder
-    study_clf.train_classifier("cnf_mlp", tr, va, **{**kw, "train_cfg": {**_CFG, "epochs": 2}})
-    assert len(calls) == 1 and len(list(tmp_path.iterdir())) == 2
-    # everything that determines the result is in the cache key
-    base = study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG)
-    tr2 = (tr[0].copy(), tr[1])
-    tr2[0][0, 0] += 1.0  # one changed number in the training data
-    for changed in (
-        study_clf.cache_params("cnf_mlp", tr2, va, model_cfg={"hidden": 16}, train_cfg=_CFG),
-        study_clf.cache_params(
-            "cnf_mlp", tr, (va[0], va[1][::-1]), model_cfg={"hidden": 16}, train_cfg=_CFG
-        ),  # fmt: skip
-        study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 17}, train_cfg=_CFG),
-        study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, seed=1),
-        study_clf.cache_params(
-            "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, augment_cfg={"noise": 0.2}
-        ),  # fmt: skip
-        study_clf.cache_params(
-            "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg=_CFG, data_tag={"fraction": 0.1}
-        ),  # fmt: skip
-        study_clf.cache_params(
-            "cnf_mlp", tr, va, model_cfg={"hidden": 16}, train_cfg={**_CFG, "train_seconds": 60.0}
-        ),  # fmt: skip
-    ):
-        assert study_clf.cache_dir_for(tmp_path, "cnf_mlp", changed) != study_clf.cache_dir_for(
-            tmp_path, "cnf_mlp", base
-        )
-    # ... but not the progress bar, and defaults spelled out give the same key
-    same = study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"hidden": 16, "layers": 3},
-                              train_cfg={**_CFG, "progress": False})  # fmt: skip
-    assert same == base
-
-    # an interrupted run (no params.json marker) is not trusted
-    (run_dir / "params.json").unlink()
-    study_clf.train_classifier("cnf_mlp", tr, va, **kw)
-    assert len(calls) == 2 and (run_dir / "params.json").exists()
-
-
 def test_unknown_config_keys_are_rejected():
     tr, va = _blobs(0, 24), _blobs(1, 12)
     with pytest.raises(ValueError, match="unknown keys"):
-        study_clf.train_classifier("cnf_mlp", tr, va, augment_cfg={"max_angle_deg": 10})
+        study_clf.cache_params("cnf_mlp", tr, va, augment_cfg={"max_angle_deg": 10})
     with pytest.raises(ValueError, match="train_cfg: unknown keys"):
-        study_clf.train_classifier("cnf_mlp", tr, va, train_cfg={"epoch": 1})
+        study_clf.cache_params("cnf_mlp", tr, va, train_cfg={"epoch": 1})
     with pytest.raises(ValueError, match="unknown keys"):
-        study_clf.train_classifier("cnf_mlp", tr, va, model_cfg={"width": 1})
+        study_clf.cache_params("cnf_mlp", tr, va, model_cfg={"width": 1})
     with pytest.raises(ValueError, match="model config of 'resnet18': unknown keys"):
         study_clf.cache_params("resnet18", tr, va, model_cfg={"hidden": 1})
     with pytest.raises(ValueError, match="unknown model"):

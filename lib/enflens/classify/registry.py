@@ -22,13 +22,17 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from enflens.classify.image_models import CNN_CONFIGS, make_cnn
 from enflens.classify.latent_models import CLASSIFIER_CONFIGS, make_classifier
-from enflens.classify.train import Augment, image_augmentation, latent_augmentation
+from enflens.classify.train import (
+    Augment,
+    NoiseAugmentation,
+    image_augmentation,
+    latent_augmentation,
+)
 from enflens.config import check_keys, from_dict
 
 #: The study's models, in the order of the tables.
@@ -95,12 +99,7 @@ def make_augmentation(kind: str, settings: dict[str, Any], x_train: Any) -> Augm
             max_translation=float(settings["max_translation"]),
         )
     if kind == "cnf":
-        std = float(settings["noise"]) * float(np.std(np.asarray(x_train)))
-
-        def augment(key: jax.Array, z: jax.Array) -> jax.Array:
-            return z + std * jax.random.normal(key, z.shape, z.dtype)
-
-        return augment
+        return NoiseAugmentation(float(settings["noise"]) * float(np.std(np.asarray(x_train))))
     return image_augmentation(math.radians(float(settings["max_angle_deg"])))
 
 

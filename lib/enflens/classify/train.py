@@ -6,12 +6,14 @@ positions (n, N, 2) ...), labels ``y`` are integers (n,) in {0, 1, 2}. Minibatch
 index arrays and moved to the device per step.
 
 :func:`fit` trains with AdamW (decoupled weight decay on weight matrices / kernels only) on an
-optax warmup-cosine learning-rate schedule, evaluates on the validation split after every epoch,
-keeps the state with the best validation accuracy (ties broken by lower validation loss), stops
-early after ``patience`` epochs without improvement or when the wall-time budget
-``train_seconds`` is spent, and loads the best state back into the model. The test split is never
-seen. The training step is one ``jax.jit`` of a pure function of (params, other state,
-optimizer state, batch, key) built with ``nnx.split`` / ``nnx.merge``.
+optax warmup-cosine learning-rate schedule over exactly ``TrainConfig.steps`` optimiser steps,
+validates every ``eval_every`` steps, keeps the state with the best validation accuracy (ties
+broken by lower validation loss), optionally stops after ``patience`` validations without
+improvement, and loads the best state back into the model. The test split is never seen. As in
+the flax examples (``examples/mnist/train.py``), :func:`train_step` and :func:`eval_step` are
+module-level ``nnx.jit`` functions compiled once per configuration, and the running metrics
+(``nnx.MultiMetric``) stay on the device until they are read once per validation. Nothing reads
+the clock to decide how much to train: the same seed and config give the same model anywhere.
 
 Augmentations are jax-traceable functions ``augment(key, x_batch) -> x_batch`` run inside the
 jitted step: :func:`latent_augmentation` (Gaussian pose/context noise, optional random global
@@ -43,6 +45,7 @@ from tqdm.auto import tqdm
 from enflens.geometry import Latents, random_se2
 from enflens.grid import rotate_images
 from enflens.io import write_json
+from enflens.nn import count_params
 
 Array = jax.Array
 PyTree = Any
@@ -83,6 +86,33 @@ def _check_split(x: PyTree, y: np.ndarray, num_classes: int, name: str) -> np.nd
 # ----------------------------------------------------------------------------- augmentations
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LatentAugmentation:
+    """Augmentation of a batched Latents (B, N, ...); see :func:`latent_augmentation`.
+
+    A pytree: the noise levels are traced, so one compiled training step serves every level;
+    ``random_transform`` is static.
+    """
+
+    position_noise: float = 0.0
+    orientation_noise: float = 0.0
+    context_noise: float = 0.0
+    max_translation: float = 0.0
+    random_transform: bool = dataclasses.field(default=False, metadata={"static": True})
+
+    def __call__(self, key: Array, z: Latents) -> Latents:
+        kp, ko, kc, kg = jax.random.split(key, 4)
+        pos, ori, ctx = z.positions, z.orientations, z.contexts
+        pos = pos + self.position_noise * jax.random.normal(kp, pos.shape, pos.dtype)
+        ori = ori + self.orientation_noise * jax.random.normal(ko, ori.shape, ori.dtype)
+        ctx = ctx + self.context_noise * jax.random.normal(kc, ctx.shape, ctx.dtype)
+        z = dataclasses.replace(z, positions=pos, orientations=ori, contexts=ctx)
+        if self.random_transform:
+            z = z.transform(random_se2(kg, pos.shape[:-2], max_translation=self.max_translation))
+        return z
+
+
 def latent_augmentation(
     *,
     position_noise: float = 0.0,
@@ -90,7 +120,7 @@ def latent_augmentation(
     context_noise: float = 0.0,
     random_transform: bool = False,
     max_translation: float = 0.0,
-) -> Augment:
+) -> LatentAugmentation:
     """Augmentation of a batched Latents (B, N, ...).
 
     Args:
@@ -103,41 +133,53 @@ def latent_augmentation(
         max_translation: see ``random_transform``.
 
     Returns:
-        ``augment(key, latents) -> latents``, jax-traceable.
+        ``augment(key, latents) -> latents``, jax-traceable (a :class:`LatentAugmentation`).
     """
     if min(position_noise, orientation_noise, context_noise, max_translation) < 0:
         raise ValueError("latent_augmentation: noise levels and max_translation must be >= 0")
-
-    def augment(key: Array, z: Latents) -> Latents:
-        kp, ko, kc, kg = jax.random.split(key, 4)
-        pos, ori, ctx = z.positions, z.orientations, z.contexts
-        if position_noise:
-            pos = pos + position_noise * jax.random.normal(kp, pos.shape, pos.dtype)
-        if orientation_noise:
-            ori = ori + orientation_noise * jax.random.normal(ko, ori.shape, ori.dtype)
-        if context_noise:
-            ctx = ctx + context_noise * jax.random.normal(kc, ctx.shape, ctx.dtype)
-        z = dataclasses.replace(z, positions=pos, orientations=ori, contexts=ctx)
-        if random_transform:
-            g = random_se2(kg, pos.shape[:-2], max_translation=max_translation)
-            z = z.transform(g)
-        return z
-
-    return augment
+    return LatentAugmentation(
+        float(position_noise), float(orientation_noise), float(context_noise),
+        float(max_translation), bool(random_transform),
+    )  # fmt: skip
 
 
-def image_augmentation(max_angle: float = math.pi) -> Augment:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ImageAugmentation:
+    """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians);
+    see :func:`image_augmentation`. A pytree (``max_angle`` is traced)."""
+
+    max_angle: float = math.pi
+
+    def __call__(self, key: Array, images: Array) -> Array:
+        a = self.max_angle
+        angles = jax.random.uniform(key, (images.shape[0],), jnp.float32, -a, a)
+        return rotate_images(images, angles)
+
+
+def image_augmentation(max_angle: float = math.pi) -> ImageAugmentation:
     """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians).
 
     Bilinear interpolation with zero fill (:func:`enflens.grid.rotate_images`); ``max_angle = pi``
     matches torchvision's ``RandomRotation(180)``. Returns ``augment(key, images) -> images``.
     """
+    return ImageAugmentation(float(max_angle))
 
-    def augment(key: Array, images: Array) -> Array:
-        angles = jax.random.uniform(key, (images.shape[0],), jnp.float32, -max_angle, max_angle)
-        return rotate_images(images, angles)
 
-    return augment
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NoiseAugmentation:
+    """Gaussian noise of standard deviation ``std`` added to every input (e.g. CNF latent
+    vectors (B, d)). A pytree (``std`` is traced).
+
+    >>> NoiseAugmentation(0.0)(jax.random.key(0), jnp.ones(3)).tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    std: float = 0.0
+
+    def __call__(self, key: Array, x: Array) -> Array:
+        return x + self.std * jax.random.normal(key, x.shape, x.dtype)
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -194,32 +236,32 @@ def predict(
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Trainer settings.
+    """Trainer settings. A run is defined by its step count, never by wall time.
 
     Attributes:
-        epochs: maximum number of epochs (also sets the length of the cosine schedule).
-        batch_size: training minibatch size (incomplete last batch dropped, reshuffled each
-            epoch; a training set smaller than this is one full batch).
+        steps: optimiser steps of the run (also the length of the warmup-cosine schedule).
+        eval_every: steps between two validations (the last step is always validated).
+        batch_size: training minibatch size (a training set smaller than this is one full
+            batch). Batches walk through a fresh permutation of the training set per epoch;
+            the incomplete last batch of an epoch is dropped.
         learning_rate: peak learning rate of the warmup-cosine schedule.
-        warmup_fraction: fraction of all steps spent in linear warmup from 0.
+        warmup_fraction: fraction of ``steps`` spent in linear warmup from 0.
         end_lr_fraction: final learning rate as a fraction of the peak.
         weight_decay: AdamW decoupled weight decay (applied to arrays with ndim >= 2 only).
         grad_clip: global-norm gradient clipping (None = off).
         label_smoothing: label smoothing of the training cross-entropy.
-        patience: stop after this many epochs without a better validation accuracy
+        patience: stop after this many validations without a better validation accuracy
             (None = never).
-        train_seconds: wall-time budget in seconds (None = none). Checked after every step; when
-            spent, the epoch is cut short, validated, and training stops. Includes compilation
-            and validation time.
         seed: seeds shuffling and augmentation randomness (initialisation is the model's).
         eval_batch_size: batch size for validation / prediction.
         num_classes: number of classes.
-        progress: show a tqdm bar over epochs.
+        progress: show a tqdm bar over the steps.
         checkpoint_dir: if set, the best state is saved there (orbax) whenever it improves,
             with ``history.json`` beside it at the end.
     """
 
-    epochs: int = 30
+    steps: int = 1000
+    eval_every: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_fraction: float = 0.05
@@ -227,31 +269,158 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float | None = 1.0
     label_smoothing: float = 0.0
-    patience: int | None = 10
-    train_seconds: float | None = None
+    patience: int | None = None
     seed: int = 0
     eval_batch_size: int = 256
     num_classes: int = 3
     progress: bool = True
     checkpoint_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"TrainConfig.patience must be None or >= 1, got {self.patience}")
+
 
 def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW on a warmup-cosine schedule (+ optional global-norm clipping)."""
-    schedule = make_optimizer_schedule(cfg, total_steps)
-    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """The warmup-cosine learning-rate schedule over exactly ``cfg.steps`` steps.
+
+    >>> s = make_schedule(TrainConfig(steps=100, learning_rate=1.0, warmup_fraction=0.1))
+    >>> float(s(0)), float(s(10)), round(float(s(100)), 6)
+    (0.0, 1.0, 0.01)
+    """
+    warmup = int(round(cfg.warmup_fraction * cfg.steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.steps, warmup + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_fraction,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW on :func:`make_schedule` (+ optional global-norm clipping). Cached: equal configs
+    give the same transformation, so runs with equal settings share the compiled step."""
+    adamw = optax.adamw(make_schedule(cfg), weight_decay=cfg.weight_decay, mask=_decay_mask)
     if cfg.grad_clip:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
 
 
-def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
-    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
-    return float(-np.mean(logp[np.arange(len(y)), y]))
+def make_metrics() -> nnx.MultiMetric:
+    """Device-side running ``loss`` (mean cross-entropy) and ``accuracy``."""
+    return nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+
+
+@nnx.jit(static_argnames=("label_smoothing",))
+def train_step(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    metrics: nnx.MultiMetric,
+    x: PyTree,
+    y: Array,
+    key: Array,
+    augment: Augment | None = None,
+    label_smoothing: float = 0.0,
+) -> None:
+    """One optimiser step on a batch, in place: augment ``x`` with ``key`` (inside the jit),
+    cross-entropy (with label smoothing) of the logits (B, C) against labels ``y`` (B,), update
+    ``model`` through ``optimizer`` and accumulate loss and accuracy in ``metrics``.
+
+    ``model`` must be in training mode (e.g. an ``nnx.view`` with ``use_running_average=False``).
+    ``augment`` is a pytree (:class:`LatentAugmentation`, :class:`ImageAugmentation`,
+    :class:`NoiseAugmentation`, or None) whose levels are traced, ``label_smoothing`` is static:
+    one compilation per model, batch shape, optimiser and augmentation kind.
+    """
+    if augment is not None:
+        x = augment(key, x)
+
+    def loss_fn(model):
+        logits = model(x)
+        targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics.update(loss=loss, logits=logits, labels=y)
+
+
+@nnx.jit
+def eval_step(
+    model: nnx.Module, metrics: nnx.MultiMetric, x: PyTree, y: Array, mask: Array
+) -> None:
+    """Accumulate the cross-entropy and accuracy of ``model`` (evaluation mode) on a batch in
+    ``metrics``; ``mask`` (B,) bool drops padding examples."""
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    metrics.update(loss=loss, logits=logits, labels=y, mask=mask)
+
+
+def _exact_mean(avg: nnx.metrics.Average) -> float:
+    """total / count of an Average in float64 (the accuracy as a fraction of examples)."""
+    count = float(avg.count[...])
+    return float(avg.total[...]) / count if count else math.nan
+
+
+def evaluate_split(
+    model: nnx.Module, x: PyTree, y: np.ndarray, batch_size: int = 256
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` (evaluation mode) on a split, with the
+    metrics accumulated on the device and read once. The last batch is padded and masked, so
+    one compilation per batch shape."""
+    n = num_examples(x)
+    bs = min(batch_size, n)
+    metrics = make_metrics()
+    for start in range(0, n, bs):
+        idx = np.arange(start, min(start + bs, n))
+        mask = np.ones(bs, bool)
+        if len(idx) < bs:
+            mask[len(idx) :] = False
+            idx = np.concatenate([idx, np.full(bs - len(idx), idx[-1])])
+        eval_step(model, metrics, take(x, idx), np.asarray(y)[idx], mask)
+    return _exact_mean(metrics.accuracy), _exact_mean(metrics.loss)
+
+
+def _eval_view(model: nnx.Module) -> nnx.Module:
+    return nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
+
+
+def _train_view(model: nnx.Module) -> nnx.Module:
+    return nnx.view(model, use_running_average=False, deterministic=False, raise_if_not_found=False)
+
+
+def _pure_state(model: nnx.Module) -> dict:
+    return nnx.to_pure_dict(nnx.state(model))
+
+
+def _load_pure_state(model: nnx.Module, pure: dict) -> None:
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """Training example indices of every step, (steps, B): a fresh permutation of ``range(n)``
+    per epoch (numpy ``default_rng(seed)``), cut into ``n // B`` batches of ``B = min(batch_size,
+    n)``; a pure function of its arguments.
+
+    >>> batch_indices(4, 2, 3, seed=0).shape
+    (3, 2)
+    """
+    bs = min(batch_size, n)
+    per_epoch = n // bs
+    rng = np.random.default_rng(seed)
+    epochs = -(-steps // per_epoch)
+    rows = [rng.permutation(n)[: per_epoch * bs].reshape(per_epoch, bs) for _ in range(epochs)]
+    return np.concatenate(rows, 0)[:steps]
 
 
 def fit(
@@ -263,29 +432,35 @@ def fit(
     augment: Augment | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train ``model`` in place; select the best epoch on the validation split.
+    """Train ``model`` in place for ``cfg.steps`` steps; select the best validation state.
+
+    The module-level :func:`train_step` / :func:`eval_step` are compiled once per
+    configuration; training loss and accuracy stay on the device and are read once per
+    validation (every ``cfg.eval_every`` steps and after the last step). The state with the best
+    validation accuracy (ties: lower validation loss) is kept; with ``cfg.patience`` set,
+    training stops after that many validations without improvement. The test split is never
+    seen. Data order and augmentation keys are pure functions of (seed, step).
 
     Args:
         model: NNX classifier mapping a batch of inputs to logits (B, num_classes).
         train_data: (x_train, y_train) -- inputs with leading axis n, integer labels (n,).
         val_data: (x_val, y_val), used for model selection and early stopping only.
         cfg: :class:`TrainConfig` (defaults if None); ``overrides`` replace its fields.
-        augment: optional ``augment(key, x_batch) -> x_batch`` applied to training batches
-            inside the jitted step.
+        augment: optional augmentation pytree, ``augment(key, x_batch) -> x_batch``, applied
+            to training batches inside the jitted step (:class:`LatentAugmentation`,
+            :class:`ImageAugmentation`, :class:`NoiseAugmentation`).
 
     Returns:
-        History dict: per epoch ``train_loss``, ``train_acc`` (running, on augmented batches),
-        ``val_loss``, ``val_acc``, ``lr`` (at the end of the epoch), ``epoch_seconds``; and
-        ``best_epoch`` (0-based), ``best_val_acc``, ``best_val_loss``, ``epochs_run``,
-        ``steps``, ``train_seconds`` (whole wall time of training incl. compilation and
-        validation), ``stop_reason`` ("epochs", "patience" or "time_budget"), ``num_params``.
-        On return the model holds the best state and is in evaluation mode.
+        History dict: per validation ``step`` (steps done), ``train_loss``, ``train_acc``
+        (running means over the steps since the previous validation, augmented batches),
+        ``val_loss``, ``val_acc``, ``lr`` (at that step), ``seconds`` (wall time since the
+        start, a timing only); and ``best_step``, ``best_val_acc``, ``best_val_loss``,
+        ``evaluations``, ``steps`` (done), ``epochs`` (steps x batch / n_train),
+        ``stop_reason`` ("steps" or "patience"), ``num_params``, ``train_seconds`` (wall time
+        incl. compilation and validation, a timing only). On return the model holds the best
+        state and is in evaluation mode.
     """
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(
-            f"fit: epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}"
-        )
     x_tr, y_tr = train_data
     x_va, y_va = val_data
     y_tr = _check_split(x_tr, y_tr, cfg.num_classes, "train_data")
@@ -293,116 +468,64 @@ def fit(
     n_tr = num_examples(x_tr)
     if n_tr == 0 or num_examples(x_va) == 0:
         raise ValueError("fit: train and validation splits must be non-empty")
-    bs = min(cfg.batch_size, n_tr)
-    steps_per_epoch = n_tr // bs
-    tx = make_optimizer(cfg, cfg.epochs * steps_per_epoch)
+    order = batch_indices(n_tr, cfg.batch_size, cfg.steps, cfg.seed)
+    schedule = make_schedule(cfg)
 
     t0 = time.perf_counter()
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    model.eval()
-    graphdef_eval, _, _ = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-    smoothing = cfg.label_smoothing
-
-    @jax.jit
-    def train_step(params, rest, opt_state, x, y, key):
-        if augment is not None:
-            x = augment(key, x)
-
-        def loss_fn(p):
-            m = nnx.merge(graphdef, p, rest, copy=True)
-            logits = m(x)
-            targets = optax.smooth_labels(jax.nn.one_hot(y, cfg.num_classes), smoothing)
-            loss = optax.softmax_cross_entropy(logits, targets).mean()
-            _, _, new_rest = nnx.split(m, nnx.Param, ...)
-            return loss, (logits, new_rest)
-
-        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        return params, new_rest, opt_state, loss, acc
-
-    schedule_lr = make_optimizer_schedule(cfg, cfg.epochs * steps_per_epoch)
-    rng = np.random.default_rng(cfg.seed)
+    train_model, eval_model = _train_view(model), _eval_view(model)
+    optimizer = nnx.Optimizer(train_model, make_optimizer(cfg), wrt=nnx.Param)
+    metrics = make_metrics()
     key = jax.random.key(cfg.seed)
-    hist: dict[str, Any] = {
-        k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds")
-    }
-    best = (-1.0, math.inf)
-    best_state = (params, rest)
-    best_epoch, since_best, steps = -1, 0, 0
-    stop_reason = "epochs"
-    bar = tqdm(range(cfg.epochs), disable=not cfg.progress, desc="train", leave=False)
-    for epoch in bar:
-        te = time.perf_counter()
-        perm = rng.permutation(n_tr)
-        losses, accs = [], []
-        out_of_time = False
-        for s in range(steps_per_epoch):
-            idx = perm[s * bs : (s + 1) * bs]
-            key, sub = jax.random.split(key)
-            params, rest, opt_state, loss, acc = train_step(
-                params, rest, opt_state, take(x_tr, idx), y_tr[idx], sub
-            )
-            losses.append(float(loss))
-            accs.append(float(acc))
-            steps += 1
-            if cfg.train_seconds is not None and time.perf_counter() - t0 > cfg.train_seconds:
-                out_of_time = True
-                break
-        logits_va = _predict_split(graphdef_eval, (params, rest), x_va, cfg.eval_batch_size)
-        val_acc = float(np.mean(logits_va.argmax(-1) == y_va))
-        val_loss = _cross_entropy(logits_va, y_va)
-        hist["train_loss"].append(float(np.mean(losses)))
-        hist["train_acc"].append(float(np.mean(accs)))
-        hist["val_loss"].append(val_loss)
-        hist["val_acc"].append(val_acc)
-        hist["lr"].append(float(schedule_lr(steps)))
+    names = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+    hist: dict[str, Any] = {k: [] for k in names}
+    best, best_state, best_step, since_best = (-1.0, math.inf), None, 0, 0
+    stop_reason = "steps"
+    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="train", leave=False)
+    for step in bar:
+        idx = order[step]
+        train_step(
+            train_model, optimizer, metrics, take(x_tr, idx), y_tr[idx],
+            jax.random.fold_in(key, step), augment=augment, label_smoothing=cfg.label_smoothing,
+        )  # fmt: skip
+        done = step + 1
+        if done % cfg.eval_every and done != cfg.steps:
+            continue
+        train = metrics.compute()
+        metrics.reset()
+        val_acc, val_loss = evaluate_split(eval_model, x_va, y_va, cfg.eval_batch_size)
+        row = (done, float(train["loss"]), float(train["accuracy"]), val_loss, val_acc,
+               float(schedule(done)), time.perf_counter() - t0)  # fmt: skip
+        for k, v in zip(names, row, strict=True):
+            hist[k].append(v)
         if (val_acc, -val_loss) > (best[0], -best[1]):
-            best, best_state, best_epoch, since_best = (val_acc, val_loss), (params, rest), epoch, 0
+            best, best_step, since_best = (val_acc, val_loss), done, 0
+            best_state = _pure_state(model)
             if cfg.checkpoint_dir is not None:
-                nnx.update(model, *best_state)
                 save_checkpoint(model, cfg.checkpoint_dir)
         else:
             since_best += 1
-        hist["epoch_seconds"].append(time.perf_counter() - te)
-        bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", val_acc=f"{val_acc:.3f}")
-        if out_of_time:
-            stop_reason = "time_budget"
-            break
+        bar.set_postfix(loss=f"{row[1]:.3f}", val_acc=f"{val_acc:.3f}")
         if cfg.patience is not None and since_best >= cfg.patience:
             stop_reason = "patience"
             break
     bar.close()
-    nnx.update(model, *best_state)
+    _load_pure_state(model, best_state)
     model.eval()
+    steps = hist["step"][-1]
     hist.update(
-        best_epoch=best_epoch,
+        best_step=best_step,
         best_val_acc=best[0],
         best_val_loss=best[1],
-        epochs_run=len(hist["val_acc"]),
+        evaluations=len(hist["step"]),
         steps=steps,
-        train_seconds=time.perf_counter() - t0,
+        epochs=steps * min(cfg.batch_size, n_tr) / n_tr,
         stop_reason=stop_reason,
-        num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
+        num_params=count_params(model),
+        train_seconds=time.perf_counter() - t0,
     )
     if cfg.checkpoint_dir is not None:
         write_json(Path(cfg.checkpoint_dir) / "history.json", hist)
     return hist
-
-
-def make_optimizer_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
-    """The learning-rate schedule used by :func:`make_optimizer` (for logging / plotting)."""
-    warmup = int(round(cfg.warmup_fraction * total_steps))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=cfg.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1),
-        end_value=cfg.learning_rate * cfg.end_lr_fraction,
-    )
 
 
 # ----------------------------------------------------------------------------- checkpoints

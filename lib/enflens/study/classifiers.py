@@ -1,16 +1,13 @@
-"""Classifier inputs and cached classifier training, shared by notebooks 05 and 06.
+"""Classifier inputs and cache keys, shared by the classifier stages (:mod:`enflens.study.stages`).
 
 * :func:`read_meta_learning` reads ``results/<profile>/03_meta_learning.json`` (written by
   notebook 03): the latent stores per kind and split, and the decoder checkpoints.
 * :func:`load_inputs` returns (x, y) of one split for a model; :func:`subsample` draws a
-  stratified fraction of a split (notebook 06).
-* :func:`train_classifier` builds the model (:mod:`enflens.classify.registry`), trains it with
-  :func:`enflens.classify.train.fit` and the augmentation of its input kind, and caches the
-  result: the trained state (orbax) and the history live in ``<cache_dir>/<model>-<hash>/`` where
-  the hash (:func:`enflens.study.cache.param_hash`) covers everything that determines the result:
-  model name, full model config, trainer config, augmentation, seed, content hashes of the
-  training and validation data, a free-form ``data_tag`` (paths, fraction) and the package
-  version. A rerun with identical parameters restores instead of training.
+  stratified fraction of a split (data efficiency).
+* :func:`cache_params` lists everything that determines a trained classifier: model name, full
+  model config, trainer config (step counts included), augmentation, seed, content hashes of the
+  training and validation data and a free-form ``data_tag`` (paths, fraction). The stage
+  :func:`enflens.study.stages.classifier` adds its code version and trains or restores.
 """
 
 from __future__ import annotations
@@ -22,24 +19,19 @@ from typing import Any
 
 import h5py
 import numpy as np
-from flax import nnx
 
-from enflens import __version__
 from enflens.checkpoint import tree_hash
 from enflens.classify import train
 from enflens.classify.registry import (
     augment_settings,
-    build_model,
     full_model_config,
     input_kind,
-    make_augmentation,
 )
 from enflens.config import from_dict
 from enflens.data.store import load
 from enflens.geometry import Latents
-from enflens.io import repo_path, write_json
+from enflens.io import repo_path
 from enflens.metalearn.latent_store import read_latent_store
-from enflens.nn import count_params
 from enflens.study.cache import param_hash
 
 META_LEARNING_NOTEBOOK = "03_meta_learning"
@@ -183,18 +175,23 @@ def data_tag(
 
 
 def encoding_settings(store_path: str | Path) -> dict[str, Any]:
-    """How a latent store was encoded: {steps, pixels (None = all), sampling, seed}.
+    """How a latent store was encoded: {steps, pixels (None = all), sampling, seed, and
+    batch_size when the store records it}.
 
-    Refits of rotated images (:func:`refit_rotated`) use the same settings.
+    Refits of rotated images (:func:`enflens.evaluate.rotation.refit_rotated`) use the same
+    settings, so that a refit at angle 0 of the whole split reproduces the stored latents.
     """
     a = read_latent_store(store_path).attrs
     pixels = a.get("inner_pixels", -1)
-    return {
+    out = {
         "steps": int(a.get("inner_steps", 3)),
         "pixels": None if pixels is None or int(pixels) < 0 else int(pixels),
         "sampling": str(a.get("sampling", "stratified")),
         "seed": int(a.get("seed", 0)),
     }
+    if "batch_size" in a:
+        out["batch_size"] = int(a["batch_size"])
+    return out
 
 
 def subsample(y: Any, fraction: float, seed: int) -> np.ndarray:
@@ -256,7 +253,6 @@ def cache_params(
             "val": tree_hash((val_data[0], np.asarray(val_data[1], np.int64))),
         },
         "data_tag": data_tag or {},
-        "enflens_version": __version__,
     }
 
 
@@ -264,76 +260,3 @@ def cache_dir_for(cache_dir: str | Path, name: str, params: dict[str, Any]) -> P
     """``<cache_dir>/<name>-<param_hash(params)>``."""
     return Path(cache_dir) / f"{name}-{param_hash(params)}"
 
-
-def _is_complete(run_dir: Path) -> bool:
-    return all((run_dir / f).exists() for f in ("state", "history.json", "params.json"))
-
-
-def train_classifier(
-    name: str,
-    train_data: tuple[Any, Any],
-    val_data: tuple[Any, Any],
-    *,
-    model_cfg: dict[str, Any] | None = None,
-    train_cfg: dict[str, Any] | None = None,
-    augment_cfg: dict[str, Any] | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    data_tag: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> tuple[nnx.Module, dict[str, Any]]:
-    """Train (or restore from the cache) classifier ``name``; model selection on val only.
-
-    Args:
-        name: one of :data:`MODEL_NAMES`.
-        train_data, val_data: (x, y) as returned by :func:`load_inputs` (or subsets).
-        model_cfg: overrides of the model's config dataclass.
-        train_cfg: :class:`enflens.classify.train.TrainConfig` fields (epochs, train_seconds, ...;
-            ``seed`` is taken from ``seed``).
-        augment_cfg: overrides of :data:`DEFAULT_AUGMENT` for the model's input kind.
-        seed: initialisation, shuffling and augmentation seed.
-        cache_dir: if given, the trained state and history are stored in / restored from
-            ``<cache_dir>/<name>-<hash>`` (see :func:`cache_params`); None: always train.
-        data_tag: provenance recorded in (and hashed into) the cache key, e.g. dataset name,
-            latent store names, fraction.
-        progress: tqdm bar over epochs.
-
-    Returns:
-        (model in evaluation mode, history): :func:`enflens.classify.train.fit`'s history plus
-        ``cached`` (True when restored), ``cache_dir`` (str or None), ``num_params``.
-    """
-    model_cfg, train_cfg = dict(model_cfg or {}), dict(train_cfg or {})
-    kind = input_kind(name)
-    x_tr, y_tr = train_data
-    params = cache_params(
-        name,
-        train_data,
-        val_data,
-        model_cfg=model_cfg,
-        train_cfg=train_cfg,
-        augment_cfg=augment_cfg,
-        seed=seed,
-        data_tag=data_tag,
-    )
-    model = build_model(name, train.take(x_tr, np.arange(1)), model_cfg, seed)
-    run_dir = None
-    if cache_dir is not None:
-        run_dir = cache_dir_for(cache_dir, name, params)
-        if _is_complete(run_dir):
-            train.restore_checkpoint(model, run_dir)
-            model.eval()
-            hist = json.loads((run_dir / "history.json").read_text())
-            hist.update(cached=True, cache_dir=str(run_dir))
-            return model, hist
-    augment = make_augmentation(kind, augment_settings(kind, augment_cfg), x_tr)
-    cfg = train.TrainConfig(**{**train_cfg, "seed": seed, "progress": progress})
-    cfg = dataclasses.replace(cfg, checkpoint_dir=None)
-    hist = train.fit(model, (x_tr, np.asarray(y_tr)), (val_data[0], np.asarray(val_data[1])),
-                     cfg, augment=augment)  # fmt: skip
-    hist["num_params"] = count_params(model)
-    if run_dir is not None:
-        train.save_checkpoint(model, run_dir)
-        write_json(run_dir / "history.json", hist)
-        write_json(run_dir / "params.json", params)  # written last: marks the run complete
-    hist.update(cached=False, cache_dir=None if run_dir is None else str(run_dir))
-    return model, hist

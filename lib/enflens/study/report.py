@@ -111,20 +111,22 @@ def collect(profile: str, results_dir: Path | None = None) -> dict[str, Any]:
 
 def model_entry(hist: dict[str, Any], test: dict[str, Any], n_params: int) -> dict[str, Any]:
     """One model's results record: test metrics (:func:`evaluate`), size, training summary and
-    the per-epoch curves (``history``: val_acc, val_loss, train_loss, epoch_seconds)."""
+    the curves per validation (``history``: step, val_acc, val_loss, train_loss, seconds).
+    ``train_seconds`` and ``history["seconds"]`` are timings; everything else is a result."""
     return {
         **test,
         "n_params": int(n_params),
-        "train_seconds": float(hist["train_seconds"]),
-        "best_epoch": int(hist["best_epoch"]),
-        "best_val_acc": float(hist["best_val_acc"]),
-        "epochs_run": int(hist["epochs_run"]),
         "steps": int(hist["steps"]),
+        "epochs": float(hist["epochs"]),
+        "best_step": int(hist["best_step"]),
+        "best_val_acc": float(hist["best_val_acc"]),
+        "evaluations": int(hist["evaluations"]),
         "stop_reason": hist["stop_reason"],
+        "train_seconds": float(hist["train_seconds"]),
         "restored_from_cache": bool(hist.get("cached", False)),
         "history": {
             k: [float(v) for v in hist[k]]
-            for k in ("val_acc", "val_loss", "train_loss", "epoch_seconds")
+            for k in ("step", "val_acc", "val_loss", "train_loss", "seconds")
         },
     }
 
@@ -133,8 +135,8 @@ def results_table(models: dict[str, dict[str, Any]]) -> str:
     """Markdown table of the per-model results (accuracy, AUC, rotations, size, time)."""
     head = (
         "| model | accuracy | AUC (macro) | rotated acc. | latent-action acc. | "
-        "invariance err. | params | train s | best epoch |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "invariance err. | params | steps | best step | train s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def f(v: Any, fmt: str) -> str:
@@ -144,8 +146,8 @@ def results_table(models: dict[str, dict[str, Any]]) -> str:
         f"| {name} | {f(r['accuracy'], '.4f')} | {f(r['auc_macro'], '.4f')} | "
         f"{f(r.get('rotated_accuracy'), '.4f')} | "
         f"{f(r.get('rotated_accuracy_latent_action'), '.4f')} | "
-        f"{f(r.get('invariance_error'), '.1e')} | {r['n_params']:,} | "
-        f"{f(r['train_seconds'], '.0f')} | {r['best_epoch']} |"
+        f"{f(r.get('invariance_error'), '.1e')} | {r['n_params']:,} | {r['steps']} | "
+        f"{r['best_step']} | {f(r['train_seconds'], '.0f')} |"
         for name, r in models.items()
     ]
     return head + "\n".join(rows)

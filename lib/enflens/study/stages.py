@@ -18,23 +18,30 @@ same files and numbers on any machine; only the recorded timings differ.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from enflens import data
+from enflens.checkpoint import read_decoder_meta, tree_hash
+from enflens.classify import registry, train
 from enflens.config import from_dict
+from enflens.evaluate import metrics, rotation
 from enflens.fields import adapters
 from enflens.fields.cnf import CNFConfig
 from enflens.fields.enf import ENFConfig
-from enflens.io import repo_path
+from enflens.io import repo_path, write_json
 from enflens.metalearn import encode, outer
 from enflens.metalearn.latent_store import LatentStore, read_latent_store
 from enflens.nn import count_params
-from enflens.study.cache import is_cached, record_params, stage_path
+from enflens.study import classifiers as study_clf
+from enflens.study import report
+from enflens.study.cache import is_cached, param_hash, record_params, stage_path
 
 #: Code version of every stage: bump a stage's number whenever a code change alters its output,
 #: so that its cache entries (and those of every stage downstream) are recomputed.
@@ -353,3 +360,438 @@ def reconstruct(
 
 # ----------------------------------------------------------------------------- classifier stages
 # (classifier training, data efficiency, rotation curves) follow here.
+#
+# Classifiers read the study dataset and the latent stores through :class:`ClassifierInputs`.
+# :func:`classifier` trains (or restores) one model for a step count written in the profile and
+# evaluates it on the test split once; :func:`rotation_curves` measures every model under
+# rotations; :func:`data_efficiency` retrains on fractions of the training split, reusing the
+# 100 % runs of :func:`classifier` from the cache.
+
+#: Input kind -> the model whose inputs :func:`classifier_inputs` loads for it.
+_KIND_MODEL = {"enf": "enf_mlp", "cnf": "cnf_mlp", "image": "resnet18"}
+
+
+def classifier_cache_dir() -> Path:
+    """Default folder of the classifier, rotation and data-efficiency caches."""
+    return repo_path("checkpoints", "classifiers")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierInputs:
+    """What the classifiers see, per input kind ("enf", "cnf", "image").
+
+    Attributes:
+        splits: kind -> split -> (x, y): images (n, H, W) float32 in [0, 1] for "image",
+            batched :class:`enflens.geometry.Latents` (numpy) for "enf", (n, d) float32 for
+            "cnf"; labels (n,) int64, the same for every kind.
+        tags: kind -> provenance recorded in the cache keys (dataset file, latent store names).
+        decoders: latent kind -> decoder checkpoint (the rotation refits re-encode with it).
+        encodings: latent kind -> how its test store was encoded (``steps``, ``pixels``,
+            ``sampling``, ``seed``, ``batch_size``), the settings of the refits.
+    """
+
+    splits: dict[str, dict[str, tuple[Any, np.ndarray]]]
+    tags: dict[str, dict[str, Any]]
+    decoders: dict[str, Path] = dataclasses.field(default_factory=dict)
+    encodings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def split(self, name: str, split: str) -> tuple[Any, np.ndarray]:
+        """(x, y) of ``split`` for model ``name``."""
+        kind = registry.input_kind(name)
+        if kind not in self.splits:
+            raise ValueError(f"ClassifierInputs: no {kind!r} inputs for model {name!r}")
+        return self.splits[kind][split]
+
+
+def classifier_inputs(
+    dataset_file: str | Path,
+    meta: study_clf.MetaLearningOutputs,
+    kinds: tuple[str, ...] = ("enf", "cnf", "image"),
+) -> ClassifierInputs:
+    """Load every split of the study dataset and of notebook 03's latent stores.
+
+    Args:
+        dataset_file: the study dataset (:func:`dataset_path`).
+        meta: :func:`enflens.study.classifiers.read_meta_learning` of notebook 03's results.
+        kinds: input kinds to load.
+
+    Returns:
+        :class:`ClassifierInputs`; each latent store is checked against its decoder's hash and
+        the dataset's labels.
+    """
+    dataset_file = Path(dataset_file)
+    if not is_cached(dataset_file):
+        raise FileNotFoundError(f"{dataset_file} not found: run notebook 01 with this profile")
+    splits, tags, decoders, encodings = {}, {}, {}, {}
+    for kind in kinds:
+        name = _KIND_MODEL[kind]
+        expected = None
+        if kind != "image":
+            decoders[kind] = meta.decoders[kind]
+            expected = read_decoder_meta(meta.decoders[kind])["hash"]
+            encodings[kind] = study_clf.encoding_settings(meta.latent_stores[kind]["test"])
+        splits[kind] = {
+            s: study_clf.load_inputs(name, s, dataset_path=dataset_file,
+                                     latent_stores=meta.latent_stores,
+                                     expected_decoder_hash=expected)  # fmt: skip
+            for s in data.SPLITS
+        }
+        tags[kind] = study_clf.data_tag(name, dataset_file, meta.latent_stores)
+    return ClassifierInputs(splits, tags, decoders, encodings)
+
+
+@dataclasses.dataclass
+class ClassifierStage:
+    """One trained classifier and its test metrics.
+
+    Attributes:
+        name: model name (:data:`enflens.classify.registry.MODEL_NAMES`).
+        model: the trained model in evaluation mode (best validation state).
+        history: :func:`enflens.classify.train.fit`'s history (restored: the original one).
+        test: :func:`enflens.evaluate.metrics.evaluate` on the whole test split.
+        path: the run folder ``<cache_dir>/<name>-<hash>`` (orbax state, history, params).
+        key: the cache key (:func:`stage_key` ``"classifier"``).
+        cached: True when restored instead of trained.
+        n_train: training examples used.
+    """
+
+    name: str
+    model: nnx.Module
+    history: dict[str, Any]
+    test: dict[str, Any]
+    path: Path
+    key: dict[str, Any]
+    cached: bool
+    n_train: int
+
+    def entry(self) -> dict[str, Any]:
+        """The model's record in ``05_classifiers.json`` (:func:`report.model_entry`)."""
+        return report.model_entry({**self.history, "cached": self.cached}, self.test,
+                                  count_params(self.model))  # fmt: skip
+
+
+def _classifier_run(
+    name: str,
+    inputs: ClassifierInputs,
+    train_cfg: dict[str, Any],
+    *,
+    model_cfg: dict[str, Any] | None,
+    augment_cfg: dict[str, Any] | None,
+    seed: int,
+    fraction: float,
+    cache_dir: str | Path | None,
+) -> tuple[tuple[Any, np.ndarray], dict[str, Any], Path]:
+    """(training data, cache key, run folder) of one classifier run."""
+    x_tr, y_tr = inputs.split(name, "train")
+    if fraction < 1.0:
+        idx = study_clf.subsample(y_tr, fraction, seed=seed)
+        x_tr, y_tr = train.take(x_tr, idx), y_tr[idx]
+    tag = {**inputs.tags.get(registry.input_kind(name), {}), "fraction": float(fraction)}
+    params = study_clf.cache_params(
+        name, (x_tr, y_tr), inputs.split(name, "val"), model_cfg=model_cfg, train_cfg=train_cfg,
+        augment_cfg=augment_cfg, seed=seed, data_tag=tag,
+    )  # fmt: skip
+    key = stage_key("classifier", **params)
+    run_dir = Path(cache_dir or classifier_cache_dir()) / f"{name}-{param_hash(key)}"
+    return (x_tr, y_tr), key, run_dir
+
+
+def _run_complete(run_dir: Path) -> bool:
+    return all((run_dir / f).exists() for f in ("state", "history.json", "params.json"))
+
+
+def classifier(
+    name: str,
+    inputs: ClassifierInputs,
+    train_cfg: dict[str, Any],
+    *,
+    model_cfg: dict[str, Any] | None = None,
+    augment_cfg: dict[str, Any] | None = None,
+    seed: int = 0,
+    fraction: float = 1.0,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> ClassifierStage:
+    """Train classifier ``name`` for exactly ``train_cfg["steps"]`` steps (or restore it from the
+    cache), selecting on the validation split, then evaluate it once on the test split (the
+    metrics are stored beside the run, keyed by the content hash of the test inputs, so a
+    restored run is not evaluated again).
+
+    Args:
+        name: one of :data:`enflens.classify.registry.MODEL_NAMES`.
+        inputs: :class:`ClassifierInputs`.
+        train_cfg: :class:`enflens.classify.train.TrainConfig` fields (``steps``,
+            ``eval_every``, ``batch_size``, ``learning_rate``, ``patience``, ...; ``seed`` comes
+            from ``seed``).
+        model_cfg: overrides of the model's config dataclass.
+        augment_cfg: overrides of :data:`enflens.classify.registry.DEFAULT_AUGMENT` for the
+            model's input kind.
+        seed: initialisation, data order, augmentation and subsample seed.
+        fraction: stratified fraction of the training split (:func:`subsample`), in (0, 1].
+        cache_dir: folder of the run folders (default ``checkpoints/classifiers``).
+
+    Returns:
+        :class:`ClassifierStage`. The cache key holds the step counts, all configs, the content
+        hashes of the training and validation data, their provenance and the code version.
+    """
+    (x_tr, y_tr), key, run_dir = _classifier_run(
+        name, inputs, train_cfg, model_cfg=model_cfg, augment_cfg=augment_cfg, seed=seed,
+        fraction=fraction, cache_dir=cache_dir,
+    )  # fmt: skip
+    kind = registry.input_kind(name)
+    model = registry.build_model(name, train.take(x_tr, np.arange(1)), model_cfg or {}, seed)
+    cached = _run_complete(run_dir)
+    if cached:
+        train.restore_checkpoint(model, run_dir)
+        model.eval()
+        hist = json.loads((run_dir / "history.json").read_text())
+    else:
+        augment = registry.make_augmentation(kind, registry.augment_settings(kind, augment_cfg),
+                                             x_tr)  # fmt: skip
+        cfg = from_dict(train.TrainConfig, {**train_cfg, "seed": seed, "progress": progress},
+                        "train_cfg")  # fmt: skip
+        hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), cfg, augment=augment)
+        train.save_checkpoint(model, run_dir)
+        write_json(run_dir / "history.json", hist)
+        write_json(run_dir / "params.json", key)  # written last: marks the run complete
+    x_te, y_te = inputs.split(name, "test")
+    test_file = run_dir / f"test-{tree_hash((x_te, np.asarray(y_te, np.int64)))}.json"
+    if test_file.is_file():  # this model on these test inputs was evaluated before
+        test = json.loads(test_file.read_text())
+    else:
+        test = metrics.evaluate(model, x_te, y_te)
+        write_json(test_file, test)
+    return ClassifierStage(name, model, hist, test, run_dir, key, cached, len(y_tr))
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationStage:
+    """Rotation robustness of every model (what notebook 05 plots and records).
+
+    Attributes:
+        angles_deg: (A,) rotation angles in degrees, 0 first (:func:`rotation.rotation_angles`).
+        curves: model -> {``accuracy`` (A,) (CNNs: rotated test images; latent models: the
+            rotated images re-encoded), ``n_images``, ``latent_action_accuracy`` (A,) or None
+            (ENF models: the SE(2) action on the stored test latents), ``latent_action_n_images``,
+            ``rotated_accuracy`` / ``rotated_accuracy_latent_action`` (means over the nonzero
+            angles), ``invariance_error`` (ENF models; else None)}.
+        refit_psnr_db: latent kind -> (A,) mean reconstruction PSNR of the refits in dB.
+        refit_seconds: latent kind -> wall time of the refits (a timing; 0 when cached).
+        n_images, refit_images, invariance_images: test images of each measure.
+        path: the cached JSON; cached: True when read from it.
+    """
+
+    angles_deg: list[float]
+    curves: dict[str, dict[str, Any]]
+    refit_psnr_db: dict[str, list[float]]
+    refit_seconds: dict[str, float]
+    n_images: int
+    refit_images: int
+    invariance_images: int
+    path: Path
+    cached: bool
+
+    def model_fields(self, name: str) -> dict[str, Any]:
+        """What model ``name``'s record in ``05_classifiers.json`` gets from this stage:
+        ``rotated_accuracy``, ``rotated_accuracy_latent_action``, ``invariance_error`` and the
+        ``rotation_curve`` (angles, accuracies and image counts)."""
+        c = self.curves[name]
+        curve = {"angles_deg": self.angles_deg, "accuracy": c["accuracy"],
+                 "n_images": c["n_images"], "latent_action_accuracy": c["latent_action_accuracy"],
+                 "latent_action_n_images": c["latent_action_n_images"]}  # fmt: skip
+        return {
+            "rotated_accuracy": c["rotated_accuracy"],
+            "rotated_accuracy_latent_action": c["rotated_accuracy_latent_action"],
+            "invariance_error": c["invariance_error"],
+            "rotation_curve": curve,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The ``rotation`` record of ``05_classifiers.json`` (curves are in the model records)."""
+        return {
+            "angles_deg": self.angles_deg, "n_images": self.n_images,
+            "refit_images": self.refit_images, "refit_psnr_db": self.refit_psnr_db,
+            "refit_seconds": self.refit_seconds, "invariance_images": self.invariance_images,
+        }  # fmt: skip
+
+
+def _subset(y: np.ndarray, count: int, seed: int) -> np.ndarray:
+    return study_clf.subsample(y, min(1.0, count / len(y)), seed=seed)
+
+
+def rotation_curves(
+    runs: dict[str, ClassifierStage],
+    inputs: ClassifierInputs,
+    *,
+    n_angles: int,
+    rot_images: int,
+    refit_images: int,
+    invariance_images: int,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> RotationStage:
+    """Accuracy of every model against the rotation angle of the test images (or the cache).
+
+    CNNs classify the rotated test images (``rot_images`` of them, stratified); latent models
+    classify the rotated images re-encoded with their decoder and the test store's encoding
+    settings (``refit_images``; :func:`rotation.refit_rotated`), and ENF models also the SE(2)
+    action (a, 0) applied to the stored test latents (``rot_images``). The invariance error of
+    the ENF models' logits uses ``invariance_images`` test latents. Angles: 0 and
+    ``n_angles - 1`` random ones (:func:`rotation.rotation_angles` with ``seed``).
+
+    Returns:
+        :class:`RotationStage`, cached as ``<cache_dir>/rotation-<hash>.json``; the key holds
+        the classifier runs, the decoders, the encodings, the counts, the seed and the code
+        version.
+    """
+    y_te = next(iter(inputs.splits.values()))["test"][1]
+    rot_idx = _subset(y_te, rot_images, seed)
+    refit_idx = _subset(y_te, refit_images, seed + 1)
+    inv_idx = _subset(y_te, invariance_images, seed + 2)
+    latent_kinds = sorted({registry.input_kind(n) for n in runs} - {"image"})
+    key = stage_key(
+        "rotation", runs={n: r.path.name for n, r in runs.items()},
+        decoders={k: read_decoder_meta(inputs.decoders[k])["hash"] for k in latent_kinds},
+        encodings={k: inputs.encodings.get(k, {}) for k in latent_kinds},
+        test_labels=tree_hash(np.asarray(y_te, np.int64)), n_angles=n_angles,
+        rot_images=len(rot_idx), refit_images=len(refit_idx),
+        invariance_images=len(inv_idx), seed=seed,
+    )  # fmt: skip
+    path = Path(cache_dir or classifier_cache_dir()) / f"rotation-{param_hash(key)}.json"
+    counts = dict(n_images=len(rot_idx), refit_images=len(refit_idx),
+                  invariance_images=len(inv_idx))  # fmt: skip
+    if is_cached(path):
+        saved = json.loads(path.read_text())
+        return RotationStage(**saved, **counts, path=path, cached=True)
+    angles = rotation.rotation_angles(n_angles, seed=seed)
+    images = _test_images(inputs)
+    refits, refit_psnr, refit_seconds = {}, {}, {}
+    for kind in latent_kinds:
+        t0 = time.perf_counter()
+        refits[kind], psnr = rotation.refit_rotated(
+            inputs.decoders[kind], images[refit_idx], angles, progress=progress,
+            **inputs.encodings.get(kind, {}),
+        )  # fmt: skip
+        refit_seconds[kind] = time.perf_counter() - t0
+        refit_psnr[kind] = psnr.mean(1).tolist()
+    curves = {}
+    for name, run in runs.items():
+        kind = registry.input_kind(name)
+        x_te = inputs.split(name, "test")[0]
+        curve: dict[str, Any] = {"latent_action_accuracy": None, "latent_action_n_images": 0}
+        if kind == "image":
+            curve["accuracy"] = rotation.image_rotation_curve(run.model, images[rot_idx],
+                                                              y_te[rot_idx], angles)  # fmt: skip
+            curve["n_images"] = len(rot_idx)
+        else:
+            curve["accuracy"] = rotation.refit_curve(run.model, refits[kind], y_te[refit_idx])
+            curve["n_images"] = len(refit_idx)
+        if kind == "enf":
+            curve["latent_action_accuracy"] = rotation.latent_action_curve(
+                run.model, train.take(x_te, rot_idx), y_te[rot_idx], angles
+            )
+            curve["latent_action_n_images"] = len(rot_idx)
+        curve["rotated_accuracy"] = rotation.mean_rotated(angles, curve["accuracy"])
+        la = curve["latent_action_accuracy"]
+        curve["rotated_accuracy_latent_action"] = (
+            None if la is None else rotation.mean_rotated(angles, la)
+        )
+        curve["invariance_error"] = rotation.invariance_error(
+            name, run.model, train.take(x_te, inv_idx), seed=seed
+        )
+        curves[name] = curve
+    saved = {"angles_deg": [float(a) for a in angles], "curves": curves,
+             "refit_psnr_db": refit_psnr, "refit_seconds": refit_seconds}  # fmt: skip
+    write_json(path, saved)
+    record_params(path, key)
+    return RotationStage(**saved, **counts, path=path, cached=False)
+
+
+def _test_images(inputs: ClassifierInputs) -> np.ndarray:
+    if "image" not in inputs.splits:
+        raise ValueError("rotation_curves: the inputs hold no test images (kind 'image')")
+    return np.asarray(inputs.splits["image"]["test"][0], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataEfficiencyStage:
+    """Test accuracy against the size of the training set.
+
+    Attributes:
+        points: model -> one record per fraction: ``fraction``, ``n_train``, ``steps``,
+            ``accuracy``, ``auc_macro``, ``n_params``, ``restored_from_cache``,
+            ``train_seconds`` (a timing: the original one when restored).
+        path: the cached JSON summary; cached: True when read from it.
+    """
+
+    points: dict[str, list[dict[str, Any]]]
+    path: Path
+    cached: bool
+
+
+def data_efficiency(
+    names: list[str],
+    inputs: ClassifierInputs,
+    train_cfgs: dict[str, dict[str, Any]],
+    fractions: list[float],
+    *,
+    steps: dict[str, int],
+    evaluations: int = 2,
+    model_cfgs: dict[str, dict[str, Any]] | None = None,
+    augment: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> DataEfficiencyStage:
+    """Train every model of ``names`` on stratified fractions of the training split.
+
+    A fraction of 1 is the run of notebook 05 (``train_cfgs[name]``, restored from the
+    :func:`classifier` cache when 05 ran); a smaller fraction gets ``steps[name]`` steps,
+    ``evaluations`` validations evenly spaced over them and 05's other settings. Model selection
+    uses the full validation split; each run is evaluated once on the test split.
+
+    Args:
+        names: models; train_cfgs: model -> notebook 05's train config.
+        fractions: in (0, 1].
+        steps, evaluations: step budget and number of validations of the runs on fractions
+            below 1.
+        model_cfgs: model -> config overrides; augment: input kind -> augmentation overrides.
+        seed: as notebook 05's (also draws the subsets).
+
+    Returns:
+        :class:`DataEfficiencyStage`, cached as ``<cache_dir>/data_efficiency-<hash>.json``
+        whose key holds every run's classifier key (step counts included) and the code version.
+    """
+    model_cfgs, augment = model_cfgs or {}, augment or {}
+    plan = []
+    for name in names:
+        for fraction in fractions:
+            cfg = dict(train_cfgs[name])
+            if fraction < 1.0:
+                n = int(steps[name])
+                cfg.update(steps=n, eval_every=max(1, -(-n // int(evaluations))))
+            kw = dict(model_cfg=model_cfgs.get(name, {}), seed=seed, fraction=float(fraction),
+                      augment_cfg=augment.get(registry.input_kind(name)))  # fmt: skip
+            _, key, _ = _classifier_run(name, inputs, cfg, cache_dir=cache_dir, **kw)
+            plan.append((name, cfg, kw, param_hash(key)))
+    key = stage_key("data_efficiency", runs=[(n, kw["fraction"], h) for n, _, kw, h in plan])
+    path = Path(cache_dir or classifier_cache_dir()) / f"data_efficiency-{param_hash(key)}.json"
+    if is_cached(path):
+        points = json.loads(path.read_text())
+        for pts in points.values():
+            for p in pts:
+                p["restored_from_cache"] = True
+        return DataEfficiencyStage(points, path, True)
+    points: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for name, cfg, kw, _ in plan:
+        run = classifier(name, inputs, cfg, cache_dir=cache_dir, progress=progress, **kw)
+        points[name].append({
+            "fraction": kw["fraction"], "n_train": run.n_train, "steps": run.history["steps"],
+            "accuracy": run.test["accuracy"], "auc_macro": run.test["auc_macro"],
+            "n_params": count_params(run.model), "restored_from_cache": run.cached,
+            "train_seconds": run.history["train_seconds"],
+        })  # fmt: skip
+    write_json(path, points)
+    record_params(path, key)
+    return DataEfficiencyStage(points, path, False)
