@@ -74,18 +74,20 @@ class ArraySpec:
     Attributes:
         kinds: allowed numpy dtype kinds (``"f"`` float, ``"i"``/``"u"`` integer, ``"O"``/``"S"``
             strings); ``dtype`` if given must match exactly instead.
-        tail: the shape after the leading row dimension; ``None`` entries match any size.
-        finite: every value must be finite (``nan_ok`` allows NaN but not inf).
+        tail: the shape after the leading row dimension; ``None`` entries match any size, and
+            ``tail=None`` any trailing shape.
+        finite: every value must be finite (``nan_ok`` allows NaN, ``inf_ok`` allows +-inf).
         low, high: inclusive bounds of the values (None: unbounded); ``high_open`` makes the
             upper bound exclusive (label ranges).
         required: the array must be present.
     """
 
     kinds: str = "f"
-    tail: tuple[int | None, ...] = ()
+    tail: tuple[int | None, ...] | None = ()
     dtype: str | None = None
     finite: bool = True
     nan_ok: bool = False
+    inf_ok: bool = False
     low: float | None = None
     high: float | None = None
     high_open: bool = False
@@ -118,9 +120,10 @@ def check_array(
             raise IntegrityError(path, f"dtype is {arr.dtype}, expected {spec.dtype}", where)
     elif arr.dtype.kind not in spec.kinds:
         raise IntegrityError(path, f"dtype is {arr.dtype}, expected kind {spec.kinds!r}", where)
-    want = (n_rows, *spec.tail)
+    want = (n_rows, *spec.tail) if spec.tail is not None else (n_rows,)
     pairs = zip(want, arr.shape, strict=False)
-    if arr.ndim != len(want) or any(w is not None and w != s for w, s in pairs):
+    ndim_bad = arr.ndim < 1 if spec.tail is None else arr.ndim != len(want)
+    if ndim_bad or any(w is not None and w != s for w, s in pairs):
         shown = ", ".join(
             "n" if i == 0 and w is None else "*" if w is None else str(w)
             for i, w in enumerate(want)
@@ -131,10 +134,17 @@ def check_array(
     if arr.dtype.kind == "f":
         lo, hi = float(np.min(arr)), float(np.max(arr))  # NaN propagates into both
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = np.isinf(arr) if spec.nan_ok else ~np.isfinite(arr)
-            if spec.finite and bad.any():
-                what = "inf" if spec.nan_ok else "NaN or inf"
-                raise IntegrityError(path, f"holds {what} values ({_first_rows(bad)})", where)
+            if spec.finite:
+                bad = np.zeros(arr.shape, bool)
+                if not spec.nan_ok:
+                    bad |= np.isnan(arr)
+                if not spec.inf_ok:
+                    bad |= np.isinf(arr)
+                if bad.any():
+                    what = " or ".join(
+                        w for w, ok in (("NaN", spec.nan_ok), ("inf", spec.inf_ok)) if not ok
+                    )
+                    raise IntegrityError(path, f"holds {what} values ({_first_rows(bad)})", where)
             finite = arr[np.isfinite(arr)]
             if finite.size == 0:
                 return
