@@ -509,7 +509,12 @@ def load(
         if recipe is not None and attrs.get("recipe") != recipe:
             raise DataFileError(path, f"holds recipe {attrs.get('recipe')!r}, expected {recipe!r}")
         arrays, gattrs = _read_split(f, path, split)
-    check_arrays(arrays, split_specs(attrs, path), path, split, rows_from="labels")
+    try:
+        check_arrays(arrays, split_specs(attrs, path), path, split, rows_from="labels")
+    except DataFileError:
+        raise
+    except IntegrityError as err:
+        raise DataFileError(err.path, err.problem, err.where) from None
     images = arrays["images"]
     if images.shape[1] != images.shape[2]:
         raise DataFileError(
