@@ -115,12 +115,10 @@ CLASS_ALIASES: dict[str, int] = {
 }
 
 
-class DataFileError(IntegrityError):
-    """A dataset file is missing parts, truncated, corrupt, or not what the caller asked for.
-
-    An :class:`enflens.integrity.IntegrityError` (a ValueError): ``DataFileError(path, problem,
-    where)`` with ``where`` the split or array.
-    """
+#: A dataset file is missing parts, truncated, corrupt, or not what the caller asked for: the
+#: one :class:`enflens.integrity.IntegrityError` (a ValueError) of every store, under its old name.
+#: ``DataFileError(path, problem, where)`` with ``where`` the split or array.
+DataFileError = IntegrityError
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -370,10 +368,7 @@ class LensingSet:
 
 
 def _open(path: str | Path) -> h5py.File:
-    try:
-        return open_hdf5(path, "dataset file")
-    except IntegrityError as err:
-        raise DataFileError(err.path, err.problem, err.where) from err.__cause__
+    return open_hdf5(path, "dataset file")
 
 
 def _attrs(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -388,7 +383,7 @@ def _attrs(f: h5py.File, path: Path) -> dict[str, Any]:
             path,
             f"not an enflens lensing store (format attribute {attrs.get('format')!r})",
         )
-    names = _json_attr(attrs, "class_names", path)
+    names = read_json_attr(attrs, "class_names", path)
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise DataFileError(path, f"attribute 'class_names' must be a list of names, got {names!r}")
     if not isinstance(attrs.get("recipe"), str):
@@ -396,15 +391,8 @@ def _attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     return attrs
 
 
-def _json_attr(attrs: dict[str, Any], key: str, path: Path) -> Any:
-    try:
-        return read_json_attr(attrs, key, path)
-    except IntegrityError as err:
-        raise DataFileError(path, err.problem) from err
-
-
 def _recipe(attrs: dict[str, Any], path: Path) -> lensing.Recipe:
-    d = _json_attr(attrs, "recipe_json", path)
+    d = read_json_attr(attrs, "recipe_json", path)
     try:
         return lensing.Recipe.from_dict(d)
     except (TypeError, KeyError, ValueError) as err:
@@ -418,7 +406,7 @@ def split_specs(attrs: dict[str, Any], path: Path) -> dict[str, ArraySpec]:
     labels integers in [0, number of classes), parameters of the layout's shapes; all finite
     except the NaN-padded axion parameters.
     """
-    n_cls = len(_json_attr(attrs, "class_names", path))
+    n_cls = len(read_json_attr(attrs, "class_names", path))
     npix = _recipe(attrs, path).num_pix if attrs["format"] == FORMAT else None
     specs = {
         "images": ArraySpec(dtype="float32", tail=(npix, npix), low=0.0, high=1.0),
@@ -509,12 +497,7 @@ def load(
         if recipe is not None and attrs.get("recipe") != recipe:
             raise DataFileError(path, f"holds recipe {attrs.get('recipe')!r}, expected {recipe!r}")
         arrays, gattrs = _read_split(f, path, split)
-    try:
-        check_arrays(arrays, split_specs(attrs, path), path, split, rows_from="labels")
-    except DataFileError:
-        raise
-    except IntegrityError as err:
-        raise DataFileError(err.path, err.problem, err.where) from None
+    check_arrays(arrays, split_specs(attrs, path), path, split, rows_from="labels")
     images = arrays["images"]
     if images.shape[1] != images.shape[2]:
         raise DataFileError(
@@ -531,7 +514,7 @@ def load(
         image_scale=scale,
         params=arrays,
         attrs=attrs,
-        class_names=tuple(_json_attr(attrs, "class_names", path)),
+        class_names=tuple(read_json_attr(attrs, "class_names", path)),
         path=path,
         split=split,
     )
@@ -540,13 +523,10 @@ def load(
 def _verify(arrays: dict, attrs: dict, gattrs: dict, path: Path, split: str) -> None:
     """Compare the content hash of a split with the one recorded at writing."""
     if HASH_ATTR in gattrs:
-        try:
-            recorded = read_json_attr(gattrs, HASH_ATTR, path, split)
-            if not isinstance(recorded, dict):
-                raise IntegrityError(path, f"{HASH_ATTR} is not a mapping", split)
-            verify_sha256(arrays, recorded, path, split)
-        except IntegrityError as err:
-            raise DataFileError(path, err.problem, err.where) from err
+        recorded = read_json_attr(gattrs, HASH_ATTR, path, split)
+        if not isinstance(recorded, dict):
+            raise DataFileError(path, f"{HASH_ATTR} is not a mapping", split)
+        verify_sha256(arrays, recorded, path, split)
         return
     want = attrs.get(f"sha256_{split}")
     if want is None:
@@ -641,17 +621,6 @@ def _sample_params(f: h5py.File, path: Path, split: str, index: int) -> dict[str
 
 
 # --- DeepLense import -----------------------------------------------------------------------
-def _read_npy(path: Path) -> tuple[np.ndarray, float]:
-    """Image (H, W) and axion mass (NaN if absent) from one DeepLense .npy file.
-
-    Never unpickles freely: see :func:`enflens.integrity.read_npy`.
-    """
-    try:
-        return read_npy(path)
-    except IntegrityError as err:
-        raise DataFileError(err.path, err.problem, err.where) from err
-
-
 def _class_dirs(folder: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     unknown = []
@@ -688,9 +657,9 @@ def import_deeplense(
     ``[image, m_a]`` keep ``m_a`` (eV). Per split: ``images``, ``labels``, ``image_scale``,
     ``m_a``, ``source_file``, and the ``content_sha256`` record.
 
-    The axion files' pickles are read by a restricted unpickler that admits only numpy's
-    array, dtype and scalar constructors (:func:`enflens.integrity.read_npy`): no file can run
-    code. An existing ``out`` is replaced only with ``force``.
+    The axion files (object arrays) are read by :func:`enflens.integrity.read_npy`, which
+    admits only numpy's array, dtype and scalar constructors: no file can run code. An existing
+    ``out`` is replaced only with ``force``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -709,7 +678,7 @@ def import_deeplense(
                 if not files:
                     raise DataFileError(d, "no .npy files")
                 for p in files:
-                    img, m_a = _read_npy(p)
+                    img, m_a = read_npy(p)  # runs no code from the file
                     if shape is None:
                         shape = img.shape
                     if img.shape != shape:
