@@ -589,3 +589,20 @@ def test_pipeline_cli_prints_one_line(capsys):
     assert err.count("\n") == 1 and "nope" in err
     with pytest.raises(ValueError, match="nope"):
         pipeline.main(["--debug", "run", "--profile", "nope"])
+
+
+def test_unguarded_script_with_workers_does_not_rerun_itself(tmp_path):
+    """spawn re-imports ``__main__`` in each worker; the script must still run exactly once."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from enflens import data\n"
+        "print('started', flush=True)\n"
+        "data.generate('model_ii', 1, 0, sys.argv[1], workers=2, n_val=0, n_test=0,\n"
+        "              chunk_size=1, progress=False)\n"
+    )
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "u.h5")], env=ENV,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("started") == 1
+    assert len(D.load(tmp_path / "u.h5", "train")) == 3

@@ -56,6 +56,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -178,8 +179,9 @@ def _runner(recipe: str, workers: int) -> Iterator[Callable[[list[Task]], Iterat
     The Pool is started before any output file is opened; its workers build their Simulator
     once (initializer). They are started with ``spawn``: a forked copy of a process whose JAX
     threads hold locks can deadlock. The workers import only this module's dependencies
-    (numpy, h5py, lenstronomy), never JAX. As always with ``spawn``, a script that calls
-    :func:`generate` with several workers needs an ``if __name__ == "__main__":`` guard.
+    (numpy, h5py, lenstronomy), never JAX, and not the caller's ``__main__`` either
+    (:func:`_no_main_reimport`), so a script without an ``if __name__ == "__main__":`` guard
+    still works.
     """
     if workers == 1:
         # Build and warm up the simulator first (imports, numba compilation: seconds).
@@ -188,8 +190,27 @@ def _runner(recipe: str, workers: int) -> Iterator[Callable[[list[Task]], Iterat
         _WORKER_SIM.sample(0, 0, 0)
         yield lambda tasks: (_simulate_chunk(t) for t in tasks)
         return
-    with _mp_context().Pool(workers, _init_worker, (recipe,)) as pool:
+    with _no_main_reimport():
+        pool = _mp_context().Pool(workers, _init_worker, (recipe,))
+    with pool:
         yield lambda tasks: pool.imap(_simulate_chunk, tasks, chunksize=1)
+
+
+@contextlib.contextmanager
+def _no_main_reimport() -> Iterator[None]:
+    """While workers are spawned, hide ``__main__`` so they do not re-run the caller's script.
+
+    ``spawn`` re-imports the parent's main module in every child so that functions defined
+    there can be unpickled; the simulation workers only run functions of this module, and
+    re-running an unguarded script (or a notebook exported as one) in each worker would
+    recurse. The swap lasts only for the synchronous start of the workers.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _mp_context() -> mp.context.BaseContext:
