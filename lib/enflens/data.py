@@ -57,7 +57,6 @@ import multiprocessing as mp
 import sys
 import time
 import types
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,13 +74,13 @@ from enflens.integrity import (
     ArrayHasher,
     ArraySpec,
     IntegrityError,
-    IntegrityWarning,
     array_sha256,
     check_arrays,
     open_hdf5,
     read_json_attr,
     read_npy,
     verify_sha256,
+    warn,
 )
 from enflens.io import atomic_path, check_output
 
@@ -562,11 +561,11 @@ def _verify(arrays: dict, attrs: dict, gattrs: dict, path: Path, split: str) -> 
             "(data corrupted or modified)",
             f"{split}/images",
         )
-    warnings.warn(
-        f"{path} [{split}]: written before content hashes: images verified, labels and "
-        "parameters not covered by a hash (regenerate the file to cover them)",
-        IntegrityWarning,
-        stacklevel=2,
+    warn(
+        path,
+        "written before content hashes: images verified, labels and parameters not covered "
+        "by a hash (regenerate the file to cover them)",
+        split,
     )
 
 
