@@ -426,6 +426,24 @@ def test_decoder_with_flipped_bytes_is_refused(tmp_path):
         C.load_decoder(path, _tree())
 
 
+def test_classifier_checkpoint_with_flipped_bytes_is_refused(tmp_path):
+    import jax
+    from flax import nnx
+
+    from enflens import train
+    from enflens.classifiers import make_classifier
+
+    def model(seed):
+        rngs = nnx.Rngs(jax.random.key(seed, impl="rbg"))
+        return make_classifier("enf_mlp", context_dim=4, num_latents=9, hidden=64, rngs=rngs)
+
+    train.save_checkpoint(model(0), tmp_path / "ck")
+    train.restore_checkpoint(model(1), tmp_path / "ck")  # negative control: intact
+    _flip_bytes(tmp_path / "ck" / "state")
+    with _raises(IntegrityError, tmp_path / "ck" / "state", "corrupt"):
+        train.restore_checkpoint(model(1), tmp_path / "ck")
+
+
 # --- 3. workers ---------------------------------------------------------------------------
 def test_workers_are_spawned_and_import_no_jax():
     assert D._mp_context().get_start_method() == "spawn"
