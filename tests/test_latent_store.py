@@ -41,7 +41,7 @@ def test_enf_and_cnf_round_trip(tmp_path):
     assert store.decoder_path == "ckpt/dec"
     z = rng.normal(size=(4, 33)).astype(np.float32)
     path = write_latent_store(
-        tmp_path / "cnf.h5", latents=z, labels=np.arange(4), psnr=np.zeros(4), kind="cnf",
+        tmp_path / "cnf.h5", latents=z, labels=np.arange(4) % 3, psnr=np.zeros(4), kind="cnf",
         model_config={}, decoder_path="d", decoder_hash="h",
     )  # fmt: skip
     np.testing.assert_array_equal(read_latent_store(path).latents, z)
@@ -61,7 +61,7 @@ def test_wrong_decoder_hash_kind_and_missing_file(tmp_path):
         read_latent_store(tmp_path / "nope.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
-    with pytest.raises(ValueError, match="other.h5 is not a latent store"):
+    with pytest.raises(ValueError, match="other.h5: not a latent store"):
         read_latent_store(tmp_path / "other.h5")
 
 

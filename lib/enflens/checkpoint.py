@@ -3,8 +3,12 @@
 A pytree (the :class:`enflens.metalearn.outer.MetaState`: decoder params, frozen buffers, learned
 inner rates and latent init, optax state, step, PRNG key) is stored as a nested dict of arrays whose
 keys are the pytree path (``params/decoder/weights/0/value``...), so a checkpoint is readable
-without the code and is restored into a template of the same structure; a missing or
-mis-shaped entry raises a ValueError naming the checkpoint.
+without the code and is restored into a template of the same structure. Beside the tree, a
+mirror tree ``__sha256__`` holds each entry's sha256 (:func:`enflens.integrity.array_sha256`, 32
+uint8), checked on every restore. A missing, mis-shaped or corrupted entry, an unreadable
+checkpoint or a broken ``meta.json`` raises :class:`enflens.integrity.IntegrityError` (a
+ValueError) naming the checkpoint and the entry. Checkpoints saved before the digests existed
+restore with an :class:`enflens.integrity.IntegrityWarning`.
 
 - :class:`CheckpointManager`: periodic run checkpoints (``<dir>/<step>/``), keep the last few,
   resume from the latest.
@@ -18,7 +22,6 @@ Orbax writes into a temporary directory and renames it on success, so checkpoint
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from enflens.integrity import IntegrityError, array_sha256, read_json_file, warn
 from enflens.io import write_json
 
 PyTree = Any
+#: Key of the digest mirror tree inside a saved nested dict.
+DIGESTS = "__sha256__"
 
 
 def _key_name(k: Any) -> str:
@@ -53,21 +59,29 @@ def tree_to_nested(tree: PyTree) -> dict:
     return out
 
 
-def nested_to_tree(nested: dict, template: PyTree, where: str = "checkpoint") -> PyTree:
-    """Inverse of :func:`tree_to_nested` into the structure of ``template`` (shapes checked)."""
+def nested_to_tree(nested: dict, template: PyTree, where: str | Path = "checkpoint") -> PyTree:
+    """Inverse of :func:`tree_to_nested` into the structure of ``template`` (shapes checked).
+
+    Raises:
+        IntegrityError: an entry is missing or has another shape (``where`` names the
+            checkpoint in the message).
+    """
     leaves = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
         names = [_key_name(k) for k in path] or ["value"]
         node = nested
         for name in names:
             if not isinstance(node, dict) or name not in node:
-                raise ValueError(f"{where}: no entry {'/'.join(names)} (model/optimiser differ?)")
+                raise IntegrityError(
+                    where, "no such entry (model/optimiser differ?)", "/".join(names)
+                )
             node = node[name]
         arr = np.asarray(node)
         if arr.shape != np.shape(leaf):
-            raise ValueError(
-                f"{where}: entry {'/'.join(names)} has shape {arr.shape}, expected "
-                f"{np.shape(leaf)} (model config differs?)"
+            raise IntegrityError(
+                where,
+                f"has shape {arr.shape}, expected {np.shape(leaf)} (model config differs?)",
+                "/".join(names),
             )
         leaves.append(jax.numpy.asarray(arr, dtype=np.asarray(leaf).dtype))
     return jax.tree_util.tree_unflatten(jax.tree.structure(template), leaves)
@@ -82,6 +96,63 @@ def tree_hash(tree: PyTree, length: int = 16) -> str:
         h.update(f"{arr.dtype}{arr.shape}".encode())
         h.update(arr.tobytes())
     return h.hexdigest()[:length]
+
+
+def with_digests(nested: dict) -> dict:
+    """``nested`` plus the mirror tree :data:`DIGESTS` of each entry's sha256 (32 uint8)."""
+
+    def mirror(node: dict) -> dict:
+        return {
+            k: mirror(v) if isinstance(v, dict) else _digest(np.asarray(v)) for k, v in node.items()
+        }
+
+    return {**nested, DIGESTS: mirror(nested)}
+
+
+def _digest(arr: np.ndarray) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(array_sha256(arr)), np.uint8).copy()
+
+
+def check_digests(nested: dict, where: str | Path) -> dict:
+    """Verify and strip the :data:`DIGESTS` tree of a restored nested dict.
+
+    Raises:
+        IntegrityError: an entry's content differs from its recorded sha256, or an entry has
+            no recorded digest (naming the checkpoint ``where`` and the entry).
+    """
+    nested = dict(nested)
+    digests = nested.pop(DIGESTS, None)
+    if digests is None:
+        warn(where, "saved without content digests (older version): entries not verified")
+        return nested
+
+    def walk(node: Any, dig: Any, names: list[str]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                d = dig.get(k) if isinstance(dig, dict) else None
+                if d is None:
+                    raise IntegrityError(where, "no recorded digest", "/".join([*names, str(k)]))
+                walk(v, d, [*names, str(k)])
+            return
+        if not np.array_equal(np.asarray(dig), _digest(np.asarray(node))):
+            raise IntegrityError(
+                where, "content differs from its recorded sha256 (corrupted)", "/".join(names)
+            )
+
+    walk(nested, digests, [])
+    return nested
+
+
+def _restore(fn, where: Path, *args, **kwargs):
+    """Run an orbax restore; its failures on damaged files become an IntegrityError."""
+    try:
+        return fn(*args, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - orbax / tensorstore raise many types
+        raise IntegrityError(
+            where, f"cannot be restored (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
 
 
 class CheckpointManager:
@@ -117,16 +188,24 @@ class CheckpointManager:
         """Write the checkpoint of ``step`` (overwrites nothing: an existing step is kept)."""
         if step in self._mngr.all_steps():
             return
-        self._mngr.save(step, args=ocp.args.StandardSave(tree_to_nested(tree)), force=True)
+        nested = with_digests(tree_to_nested(tree))
+        self._mngr.save(step, args=ocp.args.StandardSave(nested), force=True)
         self._mngr.wait_until_finished()
 
     def restore(self, template: PyTree, step: int | None = None) -> PyTree:
-        """Restore ``step`` (default: latest) into the structure of ``template``."""
+        """Restore ``step`` (default: latest) into the structure of ``template``.
+
+        Raises:
+            FileNotFoundError: no checkpoint; IntegrityError: unreadable, corrupted (digest
+                mismatch) or of another structure, naming the step directory and the entry.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"CheckpointManager: no checkpoint in {self.directory}")
-        nested = self._mngr.restore(step, args=ocp.args.StandardRestore())
-        return nested_to_tree(nested, template, where=f"checkpoint {self.directory}/{step}")
+        where = self.directory / str(step)
+        nested = _restore(self._mngr.restore, where, step, args=ocp.args.StandardRestore())
+        nested = check_digests(nested, where)
+        return nested_to_tree(nested, template, where=where)
 
     def close(self) -> None:
         self._mngr.close()
@@ -165,30 +244,39 @@ def read_decoder_meta(path: str | Path) -> dict:
     meta_path = Path(path) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"read_decoder_meta: {meta_path} not found (not a decoder?)")
-    return json.loads(meta_path.read_text())
+    meta = read_json_file(meta_path, "decoder meta.json")
+    if not isinstance(meta, dict) or not {"kind", "model_config", "hash"} <= set(meta):
+        raise IntegrityError(meta_path, "must be a mapping with kind, model_config and hash")
+    return meta
 
 
 def load_decoder(path: str | Path, template: PyTree, check_hash: bool = True) -> PyTree:
     """Restore the params saved by :func:`save_decoder` into ``template``'s structure.
 
-    Raises ValueError naming ``path`` if the structure, shapes or the content hash differ.
+    Raises IntegrityError (a ValueError) naming ``path`` if the checkpoint is unreadable, or
+    its structure, shapes or content hash differ.
     """
     path = Path(path).resolve()
     meta = read_decoder_meta(path)
     with ocp.StandardCheckpointer() as ckptr:
-        nested = ckptr.restore(path / "params")
-    params = nested_to_tree(nested, template, where=f"decoder checkpoint {path}")
+        nested = _restore(ckptr.restore, path, path / "params")
+    params = nested_to_tree(nested, template, where=path)
     if check_hash and tree_hash(params) != meta.get("hash"):
-        raise ValueError(f"load_decoder: content hash of {path} does not match its meta.json")
+        raise IntegrityError(
+            path, f"decoder content hash {tree_hash(params)} does not match meta.json"
+        )
     return params
 
 
 __all__ = [
+    "DIGESTS",
     "CheckpointManager",
+    "check_digests",
     "load_decoder",
     "nested_to_tree",
     "read_decoder_meta",
     "save_decoder",
     "tree_hash",
     "tree_to_nested",
+    "with_digests",
 ]

@@ -21,7 +21,8 @@ SE(2) transform via ``Latents.transform``) and :func:`image_augmentation` (rando
 rotation, bilinear, as torchvision's ``RandomRotation(180)`` in the published runs).
 
 Checkpoints (:func:`save_checkpoint` / :func:`restore_checkpoint`) are orbax directories of
-the full model state (parameters and BatchNorm statistics); orbax writes them atomically.
+the full model state (parameters and BatchNorm statistics) with each entry's sha256
+(:func:`enflens.checkpoint.with_digests`), checked on restore; orbax writes them atomically.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
+from enflens.checkpoint import DIGESTS, check_digests, with_digests
 from enflens.geometry import Latents, random_se2
 from enflens.grid import rotate_images
+from enflens.integrity import IntegrityError
 from enflens.io import write_json
 from enflens.nn import count_params
 
@@ -532,31 +535,47 @@ def fit(
 
 
 def save_checkpoint(model: nnx.Module, directory: str | Path) -> Path:
-    """Save the full state of ``model`` (params + BatchNorm statistics) with orbax.
+    """Save the full state of ``model`` (params + BatchNorm statistics) with orbax, with each
+    entry's sha256 (:func:`enflens.checkpoint.with_digests`) checked on restore.
 
     Writes ``<directory>/state`` (orbax; atomic: written to a temporary folder and renamed),
     replacing any previous checkpoint there. Returns that path.
     """
     path = Path(directory).absolute() / "state"
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = nnx.to_pure_dict(nnx.state(model))
+    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, state, force=True)
+        ckptr.save(path, with_digests(state), force=True)
     return path
 
 
 def restore_checkpoint(model: nnx.Module, directory: str | Path) -> nnx.Module:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (same architecture).
 
-    Raises FileNotFoundError if ``<directory>/state`` does not exist. Returns ``model``.
+    Raises FileNotFoundError if ``<directory>/state`` does not exist, IntegrityError (naming
+    the checkpoint and the entry) if it is unreadable, of another architecture or corrupted.
+    Checkpoints saved without digests restore with a warning. Returns ``model``.
     """
     path = Path(directory).absolute() / "state"
     if not path.is_dir():
         raise FileNotFoundError(f"restore_checkpoint: no checkpoint at {path}")
     state = nnx.state(model)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    digests = jax.tree.map(lambda _: jax.ShapeDtypeStruct((32,), np.uint8), abstract)
     with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(path, abstract)
+        try:
+            meta = ckptr.metadata(path)
+            saved_keys = set(getattr(meta, "item_metadata", meta).keys())
+            if DIGESTS in saved_keys:  # else: saved before digests existed
+                abstract = {**abstract, DIGESTS: digests}
+            restored = ckptr.restore(path, abstract)
+        except Exception as err:  # noqa: BLE001 - orbax / tensorstore raise many types
+            raise IntegrityError(
+                path,
+                "cannot be restored into this model (other architecture, truncated or "
+                f"corrupt?): {type(err).__name__}: {err}",
+            ) from err
+    restored = check_digests(restored, path)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model

@@ -19,20 +19,31 @@ Layout of a store made by :func:`generate` (one group per split ``train``, ``val
 File attributes: ``format``, ``recipe``, ``class_names`` (JSON), ``seed``, ``enflens_version``,
 ``lenstronomy_version``, ``kwargs_band`` (JSON, the band actually used), ``recipe_json`` (the
 full recipe), ``n_per_class`` (JSON), ``sha256_<split>`` (of the C-order float32 image bytes),
-``generation_seconds`` (wall time, all included) and ``images_per_second`` (simulation and
-writing, after the one-time lenstronomy import and numba compilation). Together with
-:mod:`enflens.data.lensing` these rebuild every sample's exact lenstronomy kwargs
-(:func:`sample_params`).
+``hash_format`` (:data:`enflens.integrity.HASH_FORMAT`), ``generation_seconds`` (wall time, all
+included) and ``images_per_second`` (simulation and writing, after the one-time lenstronomy
+import and numba compilation). Each split group has ``content_sha256``: JSON ``{array:
+sha256}`` of every array in it (images, labels, parameters; see
+:func:`enflens.integrity.array_sha256`). Together with :mod:`enflens.data.lensing` these rebuild
+every sample's exact lenstronomy kwargs (:func:`sample_params`).
 
 Sample ``index`` of split ``s`` draws from ``numpy.random.default_rng([seed, split_id(s),
-index])``, so the images are bit-identical whatever the number of workers.
+index])``, so the images are bit-identical whatever the number of workers. Workers are started
+with ``spawn`` (never ``fork``, which can deadlock a process that has JAX's threads running).
+
+:func:`load` checks every array (dtype, shape, label range, finite values, pixels in [0, 1], row
+counts) and by default the content hash; any problem raises :class:`DataFileError` (an
+:class:`enflens.integrity.IntegrityError`) naming the file, the split or array and the problem.
+Stores written before ``content_sha256`` existed still load: their image hash is checked and an
+:class:`enflens.integrity.IntegrityWarning` says that labels and parameters are not covered.
 
 Command line::
 
     python -m enflens.data generate --recipe model_ii --n-per-class N --seed S --out X.h5 \
-        [--workers W] [--n-val N] [--n-test N]
-    python -m enflens.data import-deeplense FOLDER --out X.h5
+        [--workers W] [--n-val N] [--n-test N] [--force]
+    python -m enflens.data import-deeplense FOLDER --out X.h5 [--force]
     python -m enflens.data info X.h5
+
+User errors print one line and exit 1; ``--debug`` (before the command) shows the traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +67,22 @@ from tqdm import tqdm
 
 from enflens import __version__
 from enflens.data import lensing
-from enflens.io import atomic_path
+from enflens.integrity import (
+    HASH_ATTR,
+    HASH_FORMAT,
+    READ_ERRORS,
+    ArrayHasher,
+    ArraySpec,
+    IntegrityError,
+    array_sha256,
+    check_arrays,
+    open_hdf5,
+    read_json_attr,
+    read_npy,
+    verify_sha256,
+    warn,
+)
+from enflens.io import atomic_path, check_output
 
 FORMAT = "enflens-lensing-v1"
 IMPORT_FORMAT = "enflens-deeplense-import-v1"
@@ -88,8 +115,10 @@ CLASS_ALIASES: dict[str, int] = {
 }
 
 
-class DataFileError(ValueError):
-    """A dataset file is missing parts, truncated, corrupt, or not what the caller asked for."""
+#: A dataset file is missing parts, truncated, corrupt, or not what the caller asked for: the
+#: one :class:`enflens.integrity.IntegrityError` (a ValueError) of every store, under its old name.
+#: ``DataFileError(path, problem, where)`` with ``where`` the split or array.
+DataFileError = IntegrityError
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -147,20 +176,45 @@ def _runner(recipe: str, workers: int) -> Iterator[Callable[[list[Task]], Iterat
     """Yield ``run(tasks)`` giving chunk results in task order, in-process or from a Pool.
 
     The Pool is started before any output file is opened; its workers build their Simulator
-    once (initializer). ``fork`` keeps start-up cheap and, unlike spawn/forkserver, does not
-    re-import ``__main__`` (e.g. a notebook run as a script).
+    once (initializer). They are started with ``spawn``: a forked copy of a process whose JAX
+    threads hold locks can deadlock. The workers import only this module's dependencies
+    (numpy, h5py, lenstronomy), never JAX, and not the caller's ``__main__`` either
+    (:func:`_no_main_reimport`), so a script without an ``if __name__ == "__main__":`` guard
+    still works.
     """
-    # Build and warm up a simulator here first: imports and numba compilation (seconds) then
-    # happen once, and forked workers inherit them.
-    _init_worker(recipe)
-    assert _WORKER_SIM is not None
-    _WORKER_SIM.sample(0, 0, 0)
     if workers == 1:
+        # Build and warm up the simulator first (imports, numba compilation: seconds).
+        _init_worker(recipe)
+        assert _WORKER_SIM is not None
+        _WORKER_SIM.sample(0, 0, 0)
         yield lambda tasks: (_simulate_chunk(t) for t in tasks)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else None
-    with mp.get_context(method).Pool(workers, _init_worker, (recipe,)) as pool:
+    with _no_main_reimport():
+        pool = _mp_context().Pool(workers, _init_worker, (recipe,))
+    with pool:
         yield lambda tasks: pool.imap(_simulate_chunk, tasks, chunksize=1)
+
+
+@contextlib.contextmanager
+def _no_main_reimport() -> Iterator[None]:
+    """While workers are spawned, hide ``__main__`` so they do not re-run the caller's script.
+
+    ``spawn`` re-imports the parent's main module in every child so that functions defined
+    there can be unpickled; the simulation workers only run functions of this module, and
+    re-running an unguarded script (or a notebook exported as one) in each worker would
+    recurse. The swap lasts only for the synchronous start of the workers.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _mp_context() -> mp.context.BaseContext:
+    """The multiprocessing context of the simulation workers (``spawn``)."""
+    return mp.get_context("spawn")
 
 
 def _check_count(name: str, value: int, minimum: int) -> int:
@@ -179,6 +233,7 @@ def generate(
     n_test: int | None = None,
     chunk_size: int = 64,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Simulate a dataset and write it atomically to ``out`` (HDF5).
 
@@ -192,9 +247,14 @@ def generate(
         n_test: test images per class (default ``n_per_class // 6``).
         chunk_size: images per worker task.
         progress: show a tqdm bar.
+        force: replace an existing ``out`` (its cache record ``<out>.params.json`` is removed).
 
     Returns:
         ``out`` as a Path.
+
+    Raises:
+        ValueError: a bad argument; FileExistsError: ``out`` exists and ``force`` is false;
+        IsADirectoryError / PermissionError: ``out`` cannot be written. All before any work.
     """
     r = lensing.get_recipe(recipe)
     n_per_class = _check_count("n_per_class", n_per_class, 1)
@@ -207,9 +267,10 @@ def generate(
     n_cls = len(lensing.CLASS_NAMES)
     sizes = {s: n_cls * n for s, n in per_class.items()}
     tasks = _chunks(seed, sizes, chunk_size)
-    out = Path(out)
+    out = check_output(out, force)  # a replaced file is newer than its cache record
     npix = r.num_pix
     hashes = {s: hashlib.sha256() for s in SPLITS}
+    content: dict[str, dict[str, ArrayHasher]] = {s: {} for s in SPLITS}
     import lenstronomy
 
     t0 = time.perf_counter()
@@ -234,6 +295,7 @@ def generate(
                 g.create_dataset("sub_mass", (n, lensing.MAX_SUB), np.float64)
                 g.create_dataset("sub_pos", (n, lensing.MAX_SUB, 2), np.float64)
                 g.attrs["n_per_class"] = per_class[s]
+                content[s] = {k: ArrayHasher(d.dtype, d.shape) for k, d in g.items()}
                 groups[lensing.SPLIT_IDS[s]] = (s, g)
             bar = tqdm(total=sum(sizes.values()), desc=f"simulate {r.name}", disable=not progress)
             for task, res in zip(tasks, run(tasks), strict=True):
@@ -241,6 +303,7 @@ def generate(
                 s, g = groups[split_id]
                 for name, arr in res.items():
                     g[name][start:stop] = arr
+                    content[s][name].update(arr)  # chunks of a split arrive in row order
                 hashes[s].update(np.ascontiguousarray(res["images"], "<f4").tobytes())
                 bar.update(stop - start)
             bar.close()
@@ -260,9 +323,12 @@ def generate(
             a["generation_seconds"] = seconds
             a["images_per_second"] = sum(sizes.values()) / max(sim_seconds, 1e-9)
             a["workers"] = workers
+            a["hash_format"] = HASH_FORMAT
             for s in SPLITS:
                 a[f"sha256_{s}"] = hashes[s].hexdigest()
                 f[s].attrs["sha256"] = hashes[s].hexdigest()
+                digests = {k: h.hexdigest() for k, h in content[s].items()}
+                f[s].attrs[HASH_ATTR] = json.dumps(digests, sort_keys=True)
     return out
 
 
@@ -295,25 +361,68 @@ class LensingSet:
 
 
 def _open(path: str | Path) -> h5py.File:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DataFileError(
-            f"dataset file {path} cannot be read as HDF5 (truncated or corrupt?): {e}"
-        ) from e
+    return open_hdf5(path, "dataset file")
 
 
 def _attrs(f: h5py.File, path: Path) -> dict[str, Any]:
-    attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    """The file attributes, with ``format``, ``recipe`` and ``class_names`` checked."""
+    try:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    except READ_ERRORS as err:
+        raise DataFileError(path, f"attributes unreadable (truncated or corrupt?): {err}") from err
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
     if attrs.get("format") not in (FORMAT, IMPORT_FORMAT):
         raise DataFileError(
-            f"dataset file {path} is not an enflens lensing store "
-            f"(format attribute {attrs.get('format')!r})"
+            path,
+            f"not an enflens lensing store (format attribute {attrs.get('format')!r})",
         )
+    names = read_json_attr(attrs, "class_names", path)
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise DataFileError(path, f"attribute 'class_names' must be a list of names, got {names!r}")
+    if not isinstance(attrs.get("recipe"), str):
+        raise DataFileError(path, "the attribute 'recipe' is missing")
     return attrs
+
+
+def _recipe(attrs: dict[str, Any], path: Path) -> lensing.Recipe:
+    d = read_json_attr(attrs, "recipe_json", path)
+    try:
+        return lensing.Recipe.from_dict(d)
+    except (TypeError, KeyError, ValueError) as err:
+        raise DataFileError(path, f"attribute 'recipe_json' is not a recipe: {err}") from err
+
+
+def split_specs(attrs: dict[str, Any], path: Path) -> dict[str, ArraySpec]:
+    """The :class:`enflens.integrity.ArraySpec` of every known array of one split.
+
+    Images are (n, H, H) float32 in [0, 1] (H the recipe's ``num_pix`` for generated stores),
+    labels integers in [0, number of classes), parameters of the layout's shapes; all finite
+    except the NaN-padded axion parameters.
+    """
+    n_cls = len(read_json_attr(attrs, "class_names", path))
+    npix = _recipe(attrs, path).num_pix if attrs["format"] == FORMAT else None
+    specs = {
+        "images": ArraySpec(dtype="float32", tail=(npix, npix), low=0.0, high=1.0),
+        "labels": ArraySpec("iu", low=0, high=n_cls, high_open=True),
+        "image_scale": ArraySpec("f", low=0.0),
+        "m_a": ArraySpec("f", nan_ok=True, low=0.0),
+    }
+    if attrs["format"] == IMPORT_FORMAT:
+        specs["source_file"] = ArraySpec("OS", finite=False)
+        return specs
+    m = lensing.MAX_SUB
+    specs.update(
+        source_center=ArraySpec("f", (2,)),
+        source_amp=ArraySpec("f"),
+        exposure_time=ArraySpec("f", low=0.0),
+        noise_seed=ArraySpec("iu"),
+        n_sub=ArraySpec("iu", low=0, high=m),
+        sub_mass=ArraySpec("f", (m,), low=0.0),
+        sub_pos=ArraySpec("f", (m, 2)),
+        vortex_angle=ArraySpec("f", nan_ok=True),
+        vortex_half_length=ArraySpec("f", nan_ok=True, low=0.0),
+    )
+    return specs
 
 
 def images_sha256(images: np.ndarray) -> str:
@@ -321,59 +430,74 @@ def images_sha256(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images, "<f4").tobytes()).hexdigest()
 
 
+def _group(f: h5py.File, path: Path, split: str) -> h5py.Group:
+    try:
+        names = sorted(f.keys())
+        g = f[split] if split in f else None
+    except READ_ERRORS as err:
+        raise DataFileError(path, f"unreadable (truncated or corrupt?): {err}") from err
+    if not isinstance(g, h5py.Group):
+        raise DataFileError(path, f"no split {split!r} (has: {', '.join(names)})")
+    return g
+
+
+def _read_split(f: h5py.File, path: Path, split: str) -> tuple[dict[str, np.ndarray], dict]:
+    """All arrays of a split and the split group's attributes, read errors as DataFileError."""
+    g = _group(f, path, split)
+    arrays: dict[str, np.ndarray] = {}
+    name = None
+    try:
+        for name in g.keys():
+            if not isinstance(g[name], h5py.Dataset):
+                raise DataFileError(path, "is a group, expected an array", f"{split}/{name}")
+            arrays[name] = g[name][()]
+        gattrs = dict(g.attrs.items())
+    except DataFileError:
+        raise
+    except READ_ERRORS as err:
+        where = split if name is None else f"{split}/{name}"
+        raise DataFileError(path, f"reading failed (truncated or corrupt?): {err}", where) from err
+    return arrays, gattrs
+
+
 def load(
-    path: str | Path, split: str, recipe: str | None = None, verify: bool = False
+    path: str | Path, split: str, recipe: str | None = None, verify: bool = True
 ) -> LensingSet:
-    """Read one split of a store.
+    """Read one split of a store, checking it.
+
+    Every array is checked against :func:`split_specs` (dtype, shape, label range, finite
+    values, pixel range, row counts). With ``verify`` (the default) every array's sha256 is
+    compared with the ``content_sha256`` record; for 12,900 64x64 images this costs well under
+    a second. Stores written before that record existed: the image hash is checked and an
+    :class:`enflens.integrity.IntegrityWarning` says labels and parameters are not covered.
 
     Args:
         path: the .h5 file.
         split: ``train``, ``val`` or ``test`` (or a split name of an imported file).
         recipe: if given, the file's recipe must be this one.
-        verify: recompute the sha256 of the images and compare with the stored one.
+        verify: check the content hash (False skips only the hash, not the other checks).
 
     Raises:
         FileNotFoundError: no such file.
-        DataFileError (a ValueError): unreadable/truncated file, wrong format or recipe, missing
-            split or array, sha256 mismatch. The message names the file.
+        DataFileError (an IntegrityError, a ValueError): unreadable/truncated file, wrong format
+            or recipe, missing split, array or attribute, an array of the wrong dtype or shape,
+            labels out of range, non-finite values, pixels outside [0, 1], row counts that
+            differ, a hash mismatch. The message names the file, the split or array, the problem.
     """
     path = Path(path)
     with _open(path) as f:
         attrs = _attrs(f, path)
         if recipe is not None and attrs.get("recipe") != recipe:
-            raise DataFileError(
-                f"dataset file {path} holds recipe {attrs.get('recipe')!r}, expected {recipe!r}"
-            )
-        if split not in f:
-            raise DataFileError(
-                f"dataset file {path} has no split {split!r} (has: {', '.join(sorted(f.keys()))})"
-            )
-        g = f[split]
-        arrays: dict[str, np.ndarray] = {}
-        try:
-            for name in g.keys():
-                arrays[name] = g[name][()]
-        except (OSError, KeyError) as e:
-            raise DataFileError(
-                f"dataset file {path}: reading split {split!r} failed (truncated or corrupt?): {e}"
-            ) from e
-    for name in ("images", "labels", "image_scale"):
-        if name not in arrays:
-            raise DataFileError(f"dataset file {path}: split {split!r} lacks the {name!r} array")
-    n = len(arrays["labels"])
-    bad = [k for k, v in arrays.items() if v.shape[:1] != (n,)]
-    if bad:
+            raise DataFileError(path, f"holds recipe {attrs.get('recipe')!r}, expected {recipe!r}")
+        arrays, gattrs = _read_split(f, path, split)
+    check_arrays(arrays, split_specs(attrs, path), path, split, rows_from="labels")
+    images = arrays["images"]
+    if images.shape[1] != images.shape[2]:
         raise DataFileError(
-            f"dataset file {path}: split {split!r} arrays {bad} do not have {n} rows"
+            path, f"images are {images.shape[1]}x{images.shape[2]}, expected square", split
         )
     if verify:
-        want = attrs.get(f"sha256_{split}")
-        got = images_sha256(arrays["images"])
-        if want != got:
-            raise DataFileError(
-                f"dataset file {path}: sha256 of split {split!r} images is {got}, "
-                f"the file records {want} (data corrupted or modified)"
-            )
+        _verify(arrays, attrs, gattrs, path, split)
     images = arrays.pop("images")
     labels = arrays.pop("labels")
     scale = arrays.pop("image_scale")
@@ -383,9 +507,38 @@ def load(
         image_scale=scale,
         params=arrays,
         attrs=attrs,
-        class_names=tuple(json.loads(attrs["class_names"])),
+        class_names=tuple(read_json_attr(attrs, "class_names", path)),
         path=path,
         split=split,
+    )
+
+
+def _verify(arrays: dict, attrs: dict, gattrs: dict, path: Path, split: str) -> None:
+    """Compare the content hash of a split with the one recorded at writing."""
+    if HASH_ATTR in gattrs:
+        recorded = read_json_attr(gattrs, HASH_ATTR, path, split)
+        if not isinstance(recorded, dict):
+            raise DataFileError(path, f"{HASH_ATTR} is not a mapping", split)
+        verify_sha256(arrays, recorded, path, split)
+        return
+    want = attrs.get(f"sha256_{split}")
+    if want is None:
+        raise DataFileError(
+            path, "records no content hash; cannot verify (load with verify=False)", split
+        )
+    got = images_sha256(arrays["images"])
+    if want != got:
+        raise DataFileError(
+            path,
+            f"sha256 of split {split!r} images is {got}, the file records {want} "
+            "(data corrupted or modified)",
+            f"{split}/images",
+        )
+    warn(
+        path,
+        "written before content hashes: images verified, labels and parameters not covered "
+        "by a hash (regenerate the file to cover them)",
+        split,
     )
 
 
@@ -402,6 +555,9 @@ def sample_params(file: str | Path | h5py.File, split: str, index: int) -> dict[
         ``source_model_list``, ``kwargs_source``, ``kwargs_band``, ``kwargs_numerics``,
         ``num_pix``, ``noise_seed``, ``m_a`` (eV or None), ``label``, ... ;
         ``enflens.data.lensing.render(params, noise=True)`` reproduces the raw image.
+
+    Raises:
+        DataFileError: a parameter array or attribute is missing or unreadable (named).
     """
     if isinstance(file, h5py.File):
         return _sample_params(file, Path(file.filename), split, index)
@@ -413,62 +569,51 @@ def _sample_params(f: h5py.File, path: Path, split: str, index: int) -> dict[str
     attrs = _attrs(f, path)
     if attrs["format"] != FORMAT:
         raise DataFileError(
-            f"dataset file {path} was imported ({attrs['format']}): it has no lenstronomy "
-            "description of its samples"
+            path,
+            f"was imported ({attrs['format']}): it has no lenstronomy description of its samples",
         )
-    if split not in f:
-        raise DataFileError(f"dataset file {path} has no split {split!r}")
-    g = f[split]
-    n = g["labels"].shape[0]
-    if not 0 <= index < n:
-        raise IndexError(
-            f"dataset file {path}: index {index} out of range for split {split!r} ({n})"
+    g = _group(f, path, split)
+    recipe = _recipe(attrs, path)
+    name = "labels"
+    try:
+        for name in ("labels", "image_scale", *PARAM_FIELDS):
+            if name not in g:
+                raise DataFileError(path, "the array is missing", f"{split}/{name}")
+        n = g["labels"].shape[0]
+        if not 0 <= index < n:
+            raise IndexError(f"dataset file {path}: index {index} out of range for split "
+                             f"{split!r} ({n})")  # fmt: skip
+        row = {}
+        for name in ("labels", "image_scale", *PARAM_FIELDS):
+            row[name] = g[name][index]
+    except (DataFileError, IndexError):
+        raise
+    except READ_ERRORS as err:
+        raise DataFileError(
+            path, f"reading failed (truncated or corrupt?): {err}", f"{split}/{name}"
+        ) from err
+    try:
+        draw = lensing.SampleDraw(
+            label=int(row["labels"]),
+            source_center=np.asarray(row["source_center"], np.float64).reshape(2),
+            source_amp=float(row["source_amp"]),
+            exposure_time=float(row["exposure_time"]),
+            noise_seed=int(row["noise_seed"]),
+            sub_mass=np.asarray(row["sub_mass"], np.float64).reshape(lensing.MAX_SUB),
+            sub_pos=np.asarray(row["sub_pos"], np.float64).reshape(lensing.MAX_SUB, 2),
+            n_sub=int(row["n_sub"]),
+            vortex_angle=float(row["vortex_angle"]),
+            vortex_half_length=float(row["vortex_half_length"]),
+            m_a=float(row["m_a"]),
         )
-    recipe = lensing.Recipe.from_dict(json.loads(attrs["recipe_json"]))
-    row = {name: g[name][index] for name in PARAM_FIELDS}
-    draw = lensing.SampleDraw(
-        label=int(g["labels"][index]),
-        source_center=np.asarray(row["source_center"], np.float64),
-        source_amp=float(row["source_amp"]),
-        exposure_time=float(row["exposure_time"]),
-        noise_seed=int(row["noise_seed"]),
-        sub_mass=np.asarray(row["sub_mass"], np.float64),
-        sub_pos=np.asarray(row["sub_pos"], np.float64),
-        n_sub=int(row["n_sub"]),
-        vortex_angle=float(row["vortex_angle"]),
-        vortex_half_length=float(row["vortex_half_length"]),
-        m_a=float(row["m_a"]),
-    )
+    except (TypeError, ValueError) as err:
+        raise DataFileError(path, f"sample {index} has malformed parameters: {err}", split) from err
     params = lensing.describe(recipe, draw)
-    params["image_scale"] = float(g["image_scale"][index])
+    params["image_scale"] = float(row["image_scale"])
     return params
 
 
 # --- DeepLense import -----------------------------------------------------------------------
-def _read_npy(path: Path) -> tuple[np.ndarray, float]:
-    """Image (H, W) and axion mass (NaN if absent) from one DeepLense .npy file."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError:
-        # Axion files are object arrays [image, m_a]; unpickling is only safe for trusted data.
-        arr = np.load(path, allow_pickle=True)
-    except OSError as e:
-        raise DataFileError(f"{path}: not a readable .npy file: {e}") from e
-    m_a = float("nan")
-    if arr.dtype == object:
-        items = list(arr.ravel()) if arr.ndim else [arr.item()]
-        if len(items) != 2 or np.ndim(items[1]) != 0:
-            raise DataFileError(
-                f"{path}: object array is not [image, m_a] (got {len(items)} items)"
-            )
-        arr, m_a = np.asarray(items[0], np.float64), float(items[1])
-    img = np.asarray(arr, np.float64)
-    img = img.squeeze() if img.ndim == 3 and 1 in (img.shape[0], img.shape[-1]) else img
-    if img.ndim != 2:
-        raise DataFileError(f"{path}: expected a 2-D image, got shape {np.shape(arr)}")
-    return img, m_a
-
-
 def _class_dirs(folder: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     unknown = []
@@ -477,20 +622,25 @@ def _class_dirs(folder: Path) -> dict[int, Path]:
         if label is None:
             unknown.append(d.name)
         elif label in found:
-            raise DataFileError(f"{folder}: two folders for class {lensing.CLASS_NAMES[label]}")
+            raise DataFileError(folder, f"two folders for class {lensing.CLASS_NAMES[label]}")
         else:
             found[label] = d
     missing = [lensing.CLASS_NAMES[k] for k in range(3) if k not in found]
     if unknown or missing:
         raise DataFileError(
-            f"{folder}: expected one folder per class (no_sub, cdm|sphere|subhalo, axion|vort); "
-            f"missing {missing}, unrecognised {unknown}"
+            folder,
+            "expected one folder per class (no_sub, cdm|sphere|subhalo, axion|vort); "
+            f"missing {missing}, unrecognised {unknown}",
         )
     return found
 
 
 def import_deeplense(
-    folder: str | Path, out: str | Path, recipe: str = "deeplense", split: str = "train"
+    folder: str | Path,
+    out: str | Path,
+    recipe: str = "deeplense",
+    split: str = "train",
+    force: bool = False,
 ) -> Path:
     """Convert a DeepLense download (folders of .npy per class) into an HDF5 store.
 
@@ -498,16 +648,18 @@ def import_deeplense(
     sub-folder per split (``train``, ``val``, ``test``) each holding class folders. Images are
     normalised like :func:`generate` (``clip(x, 0) / max(x)``); axion files carrying
     ``[image, m_a]`` keep ``m_a`` (eV). Per split: ``images``, ``labels``, ``image_scale``,
-    ``m_a``, ``source_file``.
+    ``m_a``, ``source_file``, and the ``content_sha256`` record.
 
-    Note: object arrays (the axion files) are unpickled: import only trusted downloads.
+    The axion files (object arrays) are read by :func:`enflens.integrity.read_npy`, which
+    admits only numpy's array, dtype and scalar constructors: no file can run code. An existing
+    ``out`` is replaced only with ``force``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"DeepLense folder {folder} does not exist")
+    out = check_output(out, force)  # a replaced file is newer than its cache record
     sub = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name in SPLITS}
     layout = {s: _class_dirs(p) for s, p in sub.items()} if sub else {split: _class_dirs(folder)}
-    out = Path(out)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         shape = None
         for s, classes in layout.items():
@@ -515,17 +667,17 @@ def import_deeplense(
             for label, d in sorted(classes.items()):
                 files = sorted(d.glob("*.npy"))
                 if not files:
-                    raise DataFileError(f"{d}: no .npy files")
+                    raise DataFileError(d, "no .npy files")
                 for p in files:
-                    img, m_a = _read_npy(p)
+                    img, m_a = read_npy(p)  # runs no code from the file
                     if shape is None:
                         shape = img.shape
                     if img.shape != shape:
-                        raise DataFileError(f"{p}: image shape {img.shape} differs from {shape}")
+                        raise DataFileError(p, f"image shape {img.shape} differs from {shape}")
                     try:
                         norm, scale = lensing.normalise(img)
                     except ValueError as e:
-                        raise DataFileError(f"{p}: {e}") from e
+                        raise DataFileError(p, str(e)) from e
                     images.append(norm)
                     scales.append(scale)
                     labels.append(label)
@@ -539,7 +691,10 @@ def import_deeplense(
             g.create_dataset("m_a", data=np.asarray(m_as, np.float64))
             g.create_dataset("source_file", data=np.asarray(names, dtype=h5py.string_dtype()))
             f.attrs[f"sha256_{s}"] = g.attrs["sha256"] = images_sha256(stack)
+            digests = {k: array_sha256(d[()]) for k, d in g.items()}
+            g.attrs[HASH_ATTR] = json.dumps(digests, sort_keys=True)
         f.attrs["format"] = IMPORT_FORMAT
+        f.attrs["hash_format"] = HASH_FORMAT
         f.attrs["recipe"] = recipe
         f.attrs["class_names"] = json.dumps(list(lensing.CLASS_NAMES))
         f.attrs["source_folder"] = str(folder.resolve())
@@ -565,6 +720,7 @@ def _non_negative(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m enflens.data", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="simulate a dataset")
     g.add_argument("--recipe", required=True, choices=lensing.RECIPE_NAMES)
@@ -576,19 +732,41 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-test", type=_non_negative, default=None, help="per class")
     g.add_argument("--chunk-size", type=_positive, default=64)
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--force", action="store_true", help="replace an existing --out")
     i = sub.add_parser("import-deeplense", help="convert a DeepLense .npy folder")
     i.add_argument("folder", type=Path)
     i.add_argument("--out", required=True, type=Path)
     i.add_argument("--recipe", default="deeplense", help="name recorded as the file's recipe")
     i.add_argument("--split", default="train", help="split name for a folder without splits")
+    i.add_argument("--force", action="store_true", help="replace an existing --out")
     n = sub.add_parser("info", help="summarise a store")
     n.add_argument("path", type=Path)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
+    """Command-line entry point (see the module docstring).
+
+    User errors (bad files, existing outputs, unreadable stores) print one line ``error: ...``
+    and return 1; ``--debug`` re-raises them with the traceback.
+    """
     args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except (IntegrityError, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "generate":
         out = generate(
             args.recipe,
@@ -600,18 +778,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_test=args.n_test,
             chunk_size=args.chunk_size,
             progress=not args.no_progress,
+            force=args.force,
         )
         print(out)
     elif args.command == "import-deeplense":
-        print(import_deeplense(args.folder, args.out, recipe=args.recipe, split=args.split))
+        out = import_deeplense(
+            args.folder, args.out, recipe=args.recipe, split=args.split, force=args.force
+        )
+        print(out)
     else:
         with _open(args.path) as f:
             attrs = _attrs(f, args.path)
             for k in sorted(attrs):
                 print(f"{k}: {attrs[k]}")
-            for s in f.keys():
-                print(f"{s}: {f[s]['images'].shape[0]} images {f[s]['images'].shape[1:]}")
-    return 0
+            for s in sorted(f.keys()):
+                shape = _group(f, args.path, s)["images"].shape if "images" in f[s] else None
+                if shape is None:
+                    raise DataFileError(args.path, "the array 'images' is missing", s)
+                print(f"{s}: {shape[0]} images {shape[1:]}")
 
 
 if __name__ == "__main__":

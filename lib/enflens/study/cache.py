@@ -35,7 +35,29 @@ def record_params(path: str | Path, params: dict[str, Any]) -> Path:
 
 
 def is_cached(path: str | Path) -> bool:
-    """True when the stage output exists and its parameter record was written after it."""
+    """True when the stage output exists and its parameter record was written after it.
+
+    An output replaced after its record (newer modification time) is not cached: the record
+    may describe the file it replaced.
+    """
     path = Path(path)
     side = path.with_name(path.name + ".params.json")
-    return path.exists() and side.exists()
+    if not (path.exists() and side.exists()):
+        return False
+    return side.stat().st_mtime_ns >= _mtime_ns(path)
+
+
+def _mtime_ns(path: Path) -> int:
+    """Latest modification time of a file, or of anything inside a directory (checkpoints)."""
+    if path.is_file():
+        return path.stat().st_mtime_ns
+    return max([path.stat().st_mtime_ns, *(p.stat().st_mtime_ns for p in path.rglob("*"))])
+
+
+def forget(path: str | Path) -> None:
+    """Remove the parameter record of ``path``, so :func:`is_cached` is false until re-recorded.
+
+    Called before a stage output is replaced (e.g. ``generate --force``).
+    """
+    path = Path(path)
+    path.with_name(path.name + ".params.json").unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from enflens.integrity import IntegrityError, check_params
 from enflens.io import atomic_path, repo_path, write_json
 from enflens.study.results import PROFILE_ENV
 
@@ -41,8 +43,23 @@ def notebook_sources(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if _NOTEBOOK_RE.match(p.name))
 
 
-def load_profile(profile: str, folder: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Read ``profiles/<profile>.yaml`` -> {section: {PARAM: value}} with a ``common`` section."""
+def load_profile(
+    profile: str, folder: Path | None = None, notebooks: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Read and validate ``profiles/<profile>.yaml`` -> {section: {PARAM: value}}.
+
+    The file has a ``common`` section and one section per notebook; every key and value type
+    is checked against the notebooks' ``parameters`` cells (:func:`validate_profile`).
+
+    Args:
+        profile: the profile name; folder: where the profiles are (default ``profiles/``);
+        notebooks: where the notebook sources are (default ``notebooks/``).
+
+    Raises:
+        FileNotFoundError: no such profile. ValueError: not YAML or no ``common`` section;
+        IntegrityError (a ValueError): unknown section or key, or a value of the wrong type
+        (the message names the file, the section and the key).
+    """
     path = (folder or repo_path("profiles")) / f"{profile}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
@@ -58,7 +75,45 @@ def load_profile(profile: str, folder: Path | None = None) -> dict[str, dict[str
             raise ValueError(f"profile file {path}: section {key!r} must be a mapping")
     if data["common"].get("PROFILE") != profile:
         raise ValueError(f"profile file {path}: common.PROFILE must be {profile!r}")
+    validate_profile(data, path, notebooks)
     return data
+
+
+def validate_profile(
+    data: dict[str, dict[str, Any]], path: Path, notebooks: Path | None = None
+) -> None:
+    """Check a profile's sections and keys against the notebooks' ``parameters`` cells.
+
+    Sections must be ``common`` or a notebook stem; ``common`` keys must be parameters of every
+    notebook, a section's keys parameters of its notebook. Any subset of keys is fine (a
+    profile overrides the defaults). Types must match the defaults (an int for a float is
+    fine; dicts are checked one level down, see :func:`enflens.integrity.check_params`).
+
+    Raises:
+        IntegrityError: naming ``path``, the section and the key.
+    """
+    defaults = {s.stem: _defaults(s, s.stat().st_mtime_ns) for s in notebook_sources(notebooks)}
+    if not defaults:
+        raise FileNotFoundError(f"validate_profile: no notebook sources in {notebooks}")
+    for section, values in data.items():
+        if section == "common":
+            for stem, params in defaults.items():
+                try:
+                    check_params(values, params, path, "common")
+                except IntegrityError as err:
+                    raise IntegrityError(
+                        path, f"{err.problem} [in the parameters cell of {stem}]", err.where
+                    ) from None
+        elif section in defaults:
+            check_params(values, defaults[section], path, section)
+        else:
+            known = ", ".join(["common", *defaults])
+            raise IntegrityError(path, f"unknown section {section!r} (known: {known})", section)
+
+
+@functools.lru_cache(maxsize=32)
+def _defaults(source: Path, mtime_ns: int) -> dict[str, Any]:
+    return parameter_defaults(source)
 
 
 def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:
@@ -251,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--publish", action="store_true", help="write executed copies to notebooks/*.ipynb"
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     try:
         total = time.perf_counter()
         timings = run(args.profile, args.only, args.publish)
-    except (PipelineError, ValueError, FileNotFoundError) as err:
+    except (PipelineError, ValueError, OSError) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(

@@ -142,9 +142,11 @@ def dataset(
                 "RECIPE / N_TRAIN / N_VAL / N_TEST / DATA_SEED first"
             )
         t0 = time.perf_counter()
+        # force: a file here that the cache does not vouch for (no record, or newer than its
+        # record) is left over from an interrupted or foreign run and is replaced
         data.generate(
             recipe, n_train, seed, path, workers=workers, n_val=n_val, n_test=n_test,
-            progress=progress,
+            progress=progress, force=True,
         )  # fmt: skip
         record_params(path, key)
         seconds = time.perf_counter() - t0
