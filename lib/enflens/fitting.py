@@ -75,6 +75,15 @@ class FieldAdapter:
             loop updates (the others stay at their initial value).
         expand: ``expand(latent_init, batch) -> latents`` batched initial latents.
         out_channels: channels C of the decoded signal.
+        start: optional ``start(latent_init, pixels (B, HW, C), (H, W)) -> latents``: an
+            image-dependent start of the inner loop (the equivariant start of
+            :mod:`enflens.frame`); None starts every image from ``expand``.
+        lr_bounds: optional pytree with the structure of ``lr_init`` whose leaves are
+            ``(low, high)`` bounds of the inner rates, or None (unbounded).
+        fit_radius: when set, the inner-loop loss counts only pixels with ``|x| <= fit_radius``
+            (a rotation-invariant support; the square's corners are not), else all pixels.
+        limit_step: optional ``limit_step(old, new) -> new`` applied after every inner step
+            (e.g. a bound on how far a pose may move in one step), or None.
     """
 
     kind: str
@@ -87,6 +96,10 @@ class FieldAdapter:
     adapt: PyTree
     expand: Callable[[PyTree, int], PyTree]
     out_channels: int
+    start: Callable[[PyTree, Array, tuple[int, int]], PyTree] | None = None  # issue 12
+    lr_bounds: PyTree | None = None  # issue 12
+    fit_radius: float | None = None  # issue 12
+    limit_step: Callable[[PyTree, PyTree], PyTree] | None = None  # issue 12
 
     def decode(self, params: dict, latents: PyTree, coords: Array) -> Array:
         """Pure decode: params (see :func:`init_params`), latents (B, ...), coords (B, P, 2)
@@ -114,8 +127,21 @@ class FieldAdapter:
         }
 
     def inner_rates(self, params: dict) -> PyTree:
-        """The inner learning rates exp(log_lrs), same structure as the latents."""
-        return jax.tree.map(jnp.exp, params["log_lrs"])
+        """The inner learning rates exp(log_lrs), same structure as the latents (clipped to
+        ``lr_bounds`` when set)."""
+        return jax.tree.map(jnp.exp, self.clip_log_lrs(params)["log_lrs"])
+
+    def clip_log_lrs(self, params: dict) -> dict:
+        """``params`` with the log inner rates clipped to ``log(lr_bounds)`` (issue 12)."""
+        if self.lr_bounds is None:
+            return params
+        clipped = jax.tree.map(
+            lambda x, b: x if b is None else jnp.clip(x, math.log(b[0]), math.log(b[1])),
+            params["log_lrs"],
+            self.lr_bounds,
+            is_leaf=lambda b: b is None or isinstance(b, tuple),
+        )
+        return {**params, "log_lrs": clipped}
 
 
 def _split_module(module: nnx.Module) -> tuple[Any, PyTree, PyTree]:
@@ -165,6 +191,10 @@ def enf_adapter(
     lr_windows: float = 0.1,
     fit_windows: bool = False,
     shared_context_init: bool = True,
+    equivariant_start: bool = False,
+    lr_bounds: dict | None = None,
+    fit_radius: float | None = None,
+    max_pose_step: tuple[float, float] | None = None,
 ) -> FieldAdapter:
     """Adapter for the ENF (:class:`enflens.enf.ENFDecoder`).
 
@@ -179,6 +209,18 @@ def enf_adapter(
     start at 0 and a context only sees the pixels near its latent, so context gradients are small;
     the learned context rate settles at about 150-190 from any start in 30-300 (the published 5.0
     belongs to another loss normalisation). Positions settle near 0.5, orientations near 1.2-2.
+
+    Equivariant start (issue 12): with ``equivariant_start`` every image starts from the
+    template rotated by its frame angle (:func:`enflens.frame.equivariant_start`); the template
+    is ``cfg.template`` (``"rings"``: :func:`enflens.frame.ring_template`). ``lr_bounds`` maps
+    latent field names ("positions", "orientations", "contexts", "windows") to ``(low, high)``
+    bounds of the learned inner rates (the ENF reference code clips all rates to [1e-6, 10]).
+    ``fit_radius`` (e.g. 1.0) restricts the inner-loop loss to the disk ``|x| <= fit_radius``:
+    the square image is not rotation invariant, its corners are (the outer loss keeps all
+    pixels). ``max_pose_step = (dp, dtheta)`` bounds one inner step of a latent: its position
+    moves at most ``dp`` (grid units; the displacement vector is shortened, which commutes
+    with rotations) and its orientation at most ``dtheta`` radians; it keeps large learned pose
+    rates from throwing latents across the image early in meta-learning.
     """
     from enflens.enf import ENFDecoder, init_latents
 
@@ -199,6 +241,26 @@ def enf_adapter(
             windows=jnp.broadcast_to(template.windows, (batch, n)),
         )
 
+    def start(init: PyTree, px: Array, shape: tuple[int, int]) -> Latents:  # issue 12
+        from enflens.frame import equivariant_start as rotated
+
+        return rotated(expand(init, px.shape[0]), px.reshape(px.shape[0], *shape, -1))
+
+    def limit(old: Latents, new: Latents) -> Latents:  # issue 12
+        dp_max, dt_max = max_pose_step
+        d = new.positions - old.positions
+        norm = jnp.sqrt(jnp.sum(d * d, -1, keepdims=True) + 1e-24)
+        dt = jnp.clip(new.orientations - old.orientations, -dt_max, dt_max)
+        return dataclasses.replace(
+            new,
+            positions=old.positions + d * jnp.minimum(1.0, dp_max / norm),
+            orientations=old.orientations + dt,
+        )
+
+    bounds = {k: tuple(float(x) for x in v) for k, v in (lr_bounds or {}).items()}
+    if set(bounds) - set(_LATENT_FIELDS):
+        raise ValueError(f"enf_adapter: unknown lr_bounds keys {sorted(bounds)}")
+
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return FieldAdapter(
         kind="enf",
@@ -211,6 +273,10 @@ def enf_adapter(
             "lr_windows": lr_windows,
             "fit_windows": fit_windows,
             "shared_context_init": shared_context_init,
+            "equivariant_start": equivariant_start,
+            "lr_bounds": {k: list(v) for k, v in bounds.items()} if bounds else None,
+            "fit_radius": fit_radius,
+            "max_pose_step": None if max_pose_step is None else list(max_pose_step),
         },
         graphdef=graphdef,
         params=params,
@@ -225,8 +291,14 @@ def enf_adapter(
         adapt=Latents(positions=True, orientations=True, contexts=True, windows=fit_windows),
         expand=expand,
         out_channels=cfg.out_channels,
+        start=start if equivariant_start else None,
+        lr_bounds=Latents(**{f: bounds.get(f) for f in _LATENT_FIELDS}) if bounds else None,
+        fit_radius=fit_radius,
+        limit_step=None if max_pose_step is None else limit,
     )
 
+
+_LATENT_FIELDS = ("positions", "orientations", "contexts", "windows")  # issue 12
 
 _ADAPTER_KEYS = {
     "cnf": ("seed", "lr_init"),
@@ -238,6 +310,10 @@ _ADAPTER_KEYS = {
         "lr_windows",
         "fit_windows",
         "shared_context_init",
+        "equivariant_start",
+        "lr_bounds",
+        "fit_radius",
+        "max_pose_step",
     ),
 }
 
@@ -477,11 +553,32 @@ def _subset(
     return coords[idx], jnp.take_along_axis(targets, idx[..., None], axis=1)
 
 
+def start_latents(
+    adapter: FieldAdapter, params: dict, px: Array, image_shape: tuple[int, int]
+) -> PyTree:
+    """Starting latents of the inner loop for a batch of images (issue 12).
+
+    Args:
+        px: (B, H W, C) pixel values; image_shape: (H, W).
+
+    Returns:
+        ``adapter.start(params["init"], px, image_shape)`` (the image-dependent equivariant
+        start) when the adapter has one, else ``adapter.expand(params["init"], B)``.
+    """
+    if adapter.start is None:
+        return adapter.expand(params["init"], px.shape[0])
+    return adapter.start(params["init"], px, tuple(image_shape))
+
+
 def _sum_mse(adapter: FieldAdapter, params: dict, latents: PyTree, coords, targets) -> Array:
     """Sum over images of the per-image mean squared error; its gradient w.r.t. the batched
     latents is each image's own MSE gradient."""
     pred = adapter.decode(params, latents, coords)
-    return jnp.sum(jnp.mean((pred - targets) ** 2, axis=(1, 2)))
+    err = (pred - targets) ** 2
+    if adapter.fit_radius is not None:  # issue 12: fit on a disk, a rotation-invariant support
+        inside = jnp.sum(coords * coords, -1, keepdims=True) <= adapter.fit_radius**2
+        err = jnp.where(inside, err, 0.0)
+    return jnp.sum(jnp.mean(err, axis=(1, 2)))
 
 
 def inner_loop(
@@ -531,6 +628,8 @@ def inner_loop(
             g,
             adapter.adapt,
         )
+        if adapter.limit_step is not None:  # issue 12
+            latents = adapter.limit_step(path[-1], latents)
         path.append(latents)
     return (latents, path) if return_path else latents
 
@@ -577,7 +676,7 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
 
     def outer_loss(params: dict, px: Array, key: Array) -> Array:
         k_in, k_out = jax.random.split(key)
-        lat0 = adapter.expand(params["init"], px.shape[0])
+        lat0 = start_latents(adapter, params, px, (height, width))  # issue 12
         lat = inner_loop(
             adapter, params, lat0, coords, px, k_in, cfg.inner_steps, cfg.inner_pixels,
             cfg.first_order, sampling=cfg.sampling, image_shape=(height, width),
@@ -590,7 +689,7 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(outer_loss)(state.params, px, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = adapter.clip_log_lrs(optax.apply_updates(state.params, updates))  # issue 12
         return MetaState(state.step + 1, params, opt_state, state.key), loss
 
     return step
@@ -731,7 +830,7 @@ def _fit_fn(
 
     @jax.jit
     def fit(params: dict, px: Array, key: Array):
-        lat0 = adapter.expand(params["init"], px.shape[0])
+        lat0 = start_latents(adapter, params, px, (height, width))  # issue 12
         lat, lats = inner_loop(
             adapter, params, lat0, coords, px, key, steps, pixels, True, return_path=True,
             sampling=sampling, image_shape=(height, width),
