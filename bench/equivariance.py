@@ -58,6 +58,7 @@ def build(args) -> F.FieldAdapter:
         cfg, lr_positions=args.lr_positions, lr_orientations=args.lr_orientations,
         lr_contexts=150.0, equivariant_start=args.equivariant_start, lr_bounds=bounds or None,
         fit_radius=args.fit_radius,
+        max_pose_step=None if args.max_pose_step is None else tuple(args.max_pose_step),
     )  # fmt: skip
 
 
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("--pos-bounds", type=float, nargs=2, default=None)
     ap.add_argument("--ori-bounds", type=float, nargs=2, default=None)
     ap.add_argument("--fit-radius", type=float, default=None, help="inner loss on this disk")
+    ap.add_argument("--max-pose-step", type=float, nargs=2, default=None,
+                    help="per-step bound: position (grid units), orientation (rad)")  # fmt: skip
     ap.add_argument("--n-val", type=int, default=300, help="images for PSNR and motion")
     ap.add_argument("--n-equiv", type=int, default=64)
     ap.add_argument("--save", default=None, help="save the trained model here")
