@@ -146,3 +146,23 @@ def test_lr_bounds_clip_the_inner_rates_and_the_outer_update():
     assert float(new.params["log_lrs"].positions) <= np.log(2.0) + 1e-6
     unbounded = dataclasses.replace(ad, lr_bounds=None)
     assert float(unbounded.inner_rates(params).positions) == pytest.approx(10.0)
+
+
+def test_max_pose_step_bounds_each_inner_step():
+    from enflens.fit_eval import fit_path
+
+    x = lens_like_images(2, size=16, seed=6)
+    free = _ring_adapter(lr_positions=50.0, lr_orientations=50.0, equivariant_start=True)
+    capped = _ring_adapter(lr_positions=50.0, lr_orientations=50.0, equivariant_start=True,
+                           max_pose_step=(0.01, 0.02))  # fmt: skip
+    params = free.init_params()
+    moved = {}
+    for name, ad in (("free", free), ("capped", capped)):
+        path, _ = fit_path(ad, params, x, steps=2, pixels=None)
+        moved[name] = (
+            np.linalg.norm(np.diff(path.positions, axis=0), axis=-1),
+            np.abs(np.diff(path.orientations, axis=0)),
+        )
+    assert moved["capped"][0].max() <= 0.01 + 1e-6 and moved["capped"][1].max() <= 0.02 + 1e-6
+    assert moved["free"][0].max() > 0.01 and moved["free"][1].max() > 0.02  # the cap acted
+    assert F.make_adapter("enf", capped.model_config).limit_step is not None
