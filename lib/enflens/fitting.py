@@ -22,7 +22,10 @@ ENF initialisation (documented choice): positions on a fixed sqrt(N) x sqrt(N) g
 [-1, 1]^2 (not learned; the grid is symmetric under 90 degree rotations), orientations 0, windows
 equal to the grid spacing (not fitted by default), contexts from one learned vector of D channels
 shared by all latents (``shared_context_init=True``), so that the initial point cloud carries no
-position-dependent information.
+position-dependent information. With ``enf_adapter(equivariant_start=True)`` and
+``ENFConfig(template="rings")`` every image instead starts from a ring template rotated into its
+own frame (:mod:`enflens.frame`; issue 12): the fit then rotates with the image, up to pixel
+interpolation and pixel subsets (docs/equivariant_start.md).
 
 Data order and pixel subsets are pure functions of (seed, step) (:func:`batch_indices`,
 ``fold_in(key, step)``), so a run resumed from a checkpoint reproduces an uninterrupted run.
