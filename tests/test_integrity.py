@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from enflens import checkpoint as C
-from enflens import data as D
+from enflens.data import store as D
 from enflens.integrity import IntegrityError, IntegrityWarning
 from enflens.io import atomic_path, remove_stale_temps, repo_path
 from enflens.metalearn.latent_store import read_latent_store, write_latent_store

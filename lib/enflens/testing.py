@@ -228,3 +228,28 @@ def lenstronomy_render(p: dict, noise: bool = True) -> np.ndarray:
         return image
     band = SingleBand(**p["kwargs_band"])
     return image + band.noise_for_model(image, seed=p["noise_seed"])
+
+
+def lens_like_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Smooth lens-like test images about the image centre (issue 12 tests): a Gaussian ring of
+    random radius whose brightness varies with the polar angle (an arc, so the image has a
+    dipole), plus an off-centre blob; normalised to a maximum of 1.
+
+    Returns:
+        (n, size, size) float32 in [0, 1].
+    """
+    from enflens.grid import make_grid
+
+    rng = np.random.default_rng(seed)
+    g = np.asarray(make_grid(size)).reshape(size, size, 2)
+    x, y = g[..., 0], g[..., 1]
+    r, phi = np.hypot(x, y), np.arctan2(y, x)
+    out = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        rad, width = rng.uniform(0.35, 0.55), rng.uniform(0.12, 0.2)
+        arc = 1.0 + rng.uniform(0.4, 0.9) * np.cos(phi - rng.uniform(0, 2 * np.pi))
+        img = arc * np.exp(-0.5 * ((r - rad) / width) ** 2)
+        c = rng.uniform(-0.5, 0.5, 2)
+        img += 0.6 * np.exp(-0.5 * ((x - c[0]) ** 2 + (y - c[1]) ** 2) / 0.15**2)
+        out[i] = img / img.max()
+    return out

@@ -11,13 +11,17 @@ ENF initialisation (documented choice): positions on a fixed sqrt(N) x sqrt(N) g
 [-1, 1]^2 (not learned; the grid is symmetric under 90 degree rotations), orientations 0, windows
 equal to the grid spacing (not fitted by default), contexts from one learned vector of D channels
 shared by all latents (``shared_context_init=True``), so that the initial point cloud carries no
-position-dependent information.
+position-dependent information. With ``enf_adapter(equivariant_start=True)`` and
+``ENFConfig(template="rings")`` every image instead starts from a ring template rotated into its
+own frame (:mod:`enflens.fields.frame`): the fit then rotates with the image, up to pixel
+interpolation and pixel subsets (``docs/equivariant_start.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from enflens.checkpoint import load_decoder, read_decoder_meta, save_decoder
 from enflens.config import from_dict
 from enflens.fields.cnf import CNFConfig, CNFDecoder
 from enflens.fields.enf import ENFConfig, ENFDecoder, init_latents
+from enflens.fields.frame import equivariant_start as rotated_start
 from enflens.geometry import Latents
 
 Array = jax.Array
@@ -54,6 +59,15 @@ class FieldAdapter:
             loop updates (the others stay at their initial value).
         expand: ``expand(latent_init, batch) -> latents`` batched initial latents.
         out_channels: channels C of the decoded signal.
+        start: optional ``start(latent_init, pixels (B, HW, C), (H, W)) -> latents``: an
+            image-dependent start of the inner loop (the equivariant start of
+            :mod:`enflens.fields.frame`); None starts every image from ``expand``.
+        lr_bounds: optional pytree with the structure of ``lr_init`` whose leaves are
+            ``(low, high)`` bounds of the inner rates, or None (unbounded).
+        fit_radius: when set, the inner-loop loss counts only pixels with ``|x| <= fit_radius``
+            (a rotation-invariant support; the square's corners are not), else all pixels.
+        limit_step: optional ``limit_step(old, new) -> new`` applied after every inner step
+            (e.g. a bound on how far a pose may move in one step), or None.
     """
 
     kind: str
@@ -66,6 +80,10 @@ class FieldAdapter:
     adapt: PyTree
     expand: Callable[[PyTree, int], PyTree]
     out_channels: int
+    start: Callable[[PyTree, Array, tuple[int, int]], PyTree] | None = None
+    lr_bounds: PyTree | None = None
+    fit_radius: float | None = None
+    limit_step: Callable[[PyTree, PyTree], PyTree] | None = None
 
     def decode(self, params: dict, latents: PyTree, coords: Array) -> Array:
         """Pure decode: params (see :func:`init_params`), latents (B, ...), coords (B, P, 2)
@@ -93,8 +111,29 @@ class FieldAdapter:
         }
 
     def inner_rates(self, params: dict) -> PyTree:
-        """The inner learning rates exp(log_lrs), same structure as the latents."""
-        return jax.tree.map(jnp.exp, params["log_lrs"])
+        """The inner learning rates exp(log_lrs), same structure as the latents (clipped to
+        ``lr_bounds`` when set)."""
+        return jax.tree.map(jnp.exp, self.clip_log_lrs(params)["log_lrs"])
+
+    def clip_log_lrs(self, params: dict) -> dict:
+        """``params`` with the log inner rates clipped to ``log(lr_bounds)``."""
+        if self.lr_bounds is None:
+            return params
+        clipped = jax.tree.map(
+            lambda x, b: x if b is None else jnp.clip(x, math.log(b[0]), math.log(b[1])),
+            params["log_lrs"],
+            self.lr_bounds,
+            is_leaf=lambda b: b is None or isinstance(b, tuple),
+        )
+        return {**params, "log_lrs": clipped}
+
+    def start_latents(self, params: dict, px: Array, image_shape: tuple[int, int]) -> PyTree:
+        """Starting latents of the inner loop for a batch of images: ``px`` (B, H W, C),
+        ``image_shape`` (H, W). The image-dependent (equivariant) start when the adapter has
+        one, else the learned initialisation ``expand(params["init"], B)``."""
+        if self.start is None:
+            return self.expand(params["init"], px.shape[0])
+        return self.start(params["init"], px, tuple(image_shape))
 
 
 def _split_module(module: nnx.Module) -> tuple[Any, PyTree, PyTree]:
@@ -142,6 +181,10 @@ def enf_adapter(
     lr_windows: float = 0.1,
     fit_windows: bool = False,
     shared_context_init: bool = True,
+    equivariant_start: bool = False,
+    lr_bounds: dict | None = None,
+    fit_radius: float | None = None,
+    max_pose_step: tuple[float, float] | None = None,
 ) -> FieldAdapter:
     """Adapter for the ENF (:class:`enflens.fields.enf.ENFDecoder`).
 
@@ -157,6 +200,18 @@ def enf_adapter(
     start at 0 and a context only sees the pixels near its latent, so context gradients are small;
     the learned context rate settles at about 150-190 from any start in 30-300 (the published 5.0
     belongs to another loss normalisation). Positions settle near 0.5, orientations near 1.2-2.
+
+    Equivariant start: with ``equivariant_start`` every image starts from the template rotated
+    by its frame angle (:func:`enflens.fields.frame.equivariant_start`); the template is
+    ``cfg.template`` (``"rings"``: :func:`enflens.fields.frame.ring_template`). ``lr_bounds``
+    maps latent field names ("positions", "orientations", "contexts", "windows") to
+    ``(low, high)`` bounds of the learned inner rates (the ENF reference code clips all rates to
+    [1e-6, 10]). ``fit_radius`` (e.g. 1.0) restricts the inner-loop loss to the disk
+    ``|x| <= fit_radius``: the square image is not rotation invariant, its corners are (the outer
+    loss keeps all pixels). ``max_pose_step = (dp, dtheta)`` bounds one inner step of a latent:
+    its position moves at most ``dp`` (grid units; the displacement vector is shortened, which
+    commutes with rotations) and its orientation at most ``dtheta`` radians; it keeps large
+    learned pose rates from throwing latents across the image early in meta-learning.
     """
     decoder = ENFDecoder(cfg, rngs=nnx.Rngs(seed))
     graphdef, params, buffers = _split_module(decoder)
@@ -175,6 +230,24 @@ def enf_adapter(
             windows=jnp.broadcast_to(template.windows, (batch, n)),
         )
 
+    def start(init: PyTree, px: Array, shape: tuple[int, int]) -> Latents:
+        return rotated_start(expand(init, px.shape[0]), px.reshape(px.shape[0], *shape, -1))
+
+    def limit(old: Latents, new: Latents) -> Latents:
+        dp_max, dt_max = max_pose_step
+        d = new.positions - old.positions
+        norm = jnp.sqrt(jnp.sum(d * d, -1, keepdims=True) + 1e-24)
+        dt = jnp.clip(new.orientations - old.orientations, -dt_max, dt_max)
+        return dataclasses.replace(
+            new,
+            positions=old.positions + d * jnp.minimum(1.0, dp_max / norm),
+            orientations=old.orientations + dt,
+        )
+
+    bounds = {k: tuple(float(x) for x in v) for k, v in (lr_bounds or {}).items()}
+    if set(bounds) - set(_LATENT_FIELDS):
+        raise ValueError(f"enf_adapter: unknown lr_bounds keys {sorted(bounds)}")
+
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return FieldAdapter(
         kind="enf",
@@ -187,6 +260,10 @@ def enf_adapter(
             "lr_windows": lr_windows,
             "fit_windows": fit_windows,
             "shared_context_init": shared_context_init,
+            "equivariant_start": equivariant_start,
+            "lr_bounds": {k: list(v) for k, v in bounds.items()} if bounds else None,
+            "fit_radius": fit_radius,
+            "max_pose_step": None if max_pose_step is None else list(max_pose_step),
         },
         graphdef=graphdef,
         params=params,
@@ -201,7 +278,14 @@ def enf_adapter(
         adapt=Latents(positions=True, orientations=True, contexts=True, windows=fit_windows),
         expand=expand,
         out_channels=cfg.out_channels,
+        start=start if equivariant_start else None,
+        lr_bounds=Latents(**{f: bounds.get(f) for f in _LATENT_FIELDS}) if bounds else None,
+        fit_radius=fit_radius,
+        limit_step=None if max_pose_step is None else limit,
     )
+
+
+_LATENT_FIELDS = ("positions", "orientations", "contexts", "windows")
 
 
 _ADAPTER_KEYS = {
@@ -214,6 +298,10 @@ _ADAPTER_KEYS = {
         "lr_windows",
         "fit_windows",
         "shared_context_init",
+        "equivariant_start",
+        "lr_bounds",
+        "fit_radius",
+        "max_pose_step",
     ),
 }
 

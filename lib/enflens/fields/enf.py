@@ -93,6 +93,10 @@ class ENFConfig:
             ``2 / sqrt(num_latents)``. Windows must stay > 0 (a fitter may optimise log s).
         latent_jitter: initial positions are jittered by this fraction of the grid spacing.
         context_init: initial contexts are N(0, context_init^2); 0 = zeros.
+        template: initial poses: ``grid`` (sqrt(N) x sqrt(N) grid, orientations 0; N must be a
+            perfect square) or ``rings`` (:func:`enflens.fields.frame.ring_template`: rings about
+            the centre with radial orientations; N must equal ``sum(ring_counts)``).
+        ring_counts, ring_radii: latents per ring and ring radii (grid units) of ``rings``.
     """
 
     num_latents: int = 25
@@ -108,6 +112,10 @@ class ENFConfig:
     window_init: float | None = None
     latent_jitter: float = 0.0
     context_init: float = 0.0
+    # equivariant start (issue 12): the latent template; "grid" is the original behaviour
+    template: Literal["grid", "rings"] = "grid"
+    ring_counts: tuple[int, ...] = (4, 8, 12)
+    ring_radii: tuple[float, ...] = (0.2, 0.42, 0.66)
 
     def __post_init__(self) -> None:
         if self.bi_invariant not in BI_INVARIANT_DIMS:
@@ -116,7 +124,14 @@ class ENFConfig:
                 f"{sorted(BI_INVARIANT_DIMS)}"
             )
         side = int(round(math.sqrt(self.num_latents)))
-        if self.num_latents < 1 or side * side != self.num_latents:
+        if self.template not in ("grid", "rings"):
+            raise ValueError(f"ENFConfig.template={self.template!r}; expected 'grid' or 'rings'")
+        if self.template == "rings" and sum(self.ring_counts) != self.num_latents:
+            raise ValueError(
+                f"ENFConfig.num_latents={self.num_latents} != sum(ring_counts)="
+                f"{sum(self.ring_counts)} for template='rings'"
+            )
+        if self.template == "grid" and (self.num_latents < 1 or side * side != self.num_latents):
             raise ValueError(f"ENFConfig.num_latents={self.num_latents} is not a perfect square")
         if self.hidden % self.num_heads:
             raise ValueError(
@@ -368,6 +383,14 @@ def init_latents(cfg: ENFConfig, batch: int, key: Array | None = None) -> Latent
         raise ValueError("init_latents: a PRNG `key` is needed when latent_jitter/context_init > 0")
 
     def one(k: Array | None) -> Latents:
+        if cfg.template == "rings":  # issue 12: fixed ring template, no jitter
+            from enflens.fields.frame import ring_template
+
+            z = ring_template(cfg.ring_counts, cfg.ring_radii, cfg.latent_dim, cfg.window)
+            if k is None:
+                return z
+            ctx = cfg.context_init * jax.random.normal(k, z.contexts.shape, jnp.float32)
+            return dataclasses.replace(z, contexts=ctx)
         return grid_latents(
             cfg.num_latents,
             cfg.latent_dim,

@@ -47,7 +47,7 @@ def _fit_fn(
 
     @jax.jit
     def fit(params: dict, px: Array, key: Array):
-        lat0 = adapter.expand(params["init"], px.shape[0])
+        lat0 = adapter.start_latents(params, px, (height, width))
         lat, lats = inner_loop(
             adapter, params, lat0, coords, px, key, steps, pixels, True, return_path=True,
             sampling=sampling, image_shape=(height, width),
@@ -302,9 +302,11 @@ def fit_path(
         images: (B, H, W[, C]) in [0, 1].
         steps: K inner steps; pixels: pixels per inner step (None: all); sampling: subset rule.
         key: PRNG key of the pixel subsets (default PRNGKey(0), as ``fit_latents``).
-        latents0: batched starting latents (B, ...); default the learned initialisation
-            ``adapter.expand(params["init"], B)`` (e.g. pass a rotated copy of it to fit a
-            rotated image from the rotated initialisation).
+        latents0: batched starting latents (B, ...); default
+            :meth:`enflens.fields.adapters.FieldAdapter.start_latents` (the learned
+            initialisation, rotated into the image's frame when the adapter has an equivariant
+            start; e.g. pass a rotated copy of it to fit a rotated image from the rotated
+            initialisation).
 
     Returns:
         (latents with a leading (K+1) axis before the batch axis, as numpy arrays;
@@ -317,9 +319,11 @@ def fit_path(
             f"fit_path: images have {c} channels, the decoder outputs {adapter.out_channels}"
         )
     key = jax.random.PRNGKey(0) if key is None else key
-    lat0 = adapter.expand(params["init"], b) if latents0 is None else latents0
+    px = image_to_pixels(jnp.asarray(x))
+    if latents0 is None:  # the adapter's (possibly image-dependent) start
+        latents0 = adapter.start_latents(params, px, (h, w))
     lats, recs = _path_fn(adapter, h, w, steps, pixels, sampling)(
-        params, image_to_pixels(jnp.asarray(x)), key, jax.tree.map(jnp.asarray, lat0)
+        params, px, key, jax.tree.map(jnp.asarray, latents0)
     )
     return jax.tree.map(np.asarray, lats), np.asarray(recs).reshape(steps + 1, b, h, w, c)
 

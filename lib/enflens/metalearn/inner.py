@@ -91,7 +91,11 @@ def _sum_mse(adapter: FieldAdapter, params: dict, latents: PyTree, coords, targe
     """Sum over images of the per-image mean squared error; its gradient w.r.t. the batched
     latents is each image's own MSE gradient."""
     pred = adapter.decode(params, latents, coords)
-    return jnp.sum(jnp.mean((pred - targets) ** 2, axis=(1, 2)))
+    err = (pred - targets) ** 2
+    if adapter.fit_radius is not None:  # fit on a disk, a rotation-invariant support
+        inside = jnp.sum(coords * coords, -1, keepdims=True) <= adapter.fit_radius**2
+        err = jnp.where(inside, err, 0.0)
+    return jnp.sum(jnp.mean(err, axis=(1, 2)))
 
 
 def inner_loop(
@@ -142,5 +146,7 @@ def inner_loop(
             g,
             adapter.adapt,
         )
+        if adapter.limit_step is not None:
+            latents = adapter.limit_step(path[-1], latents)
         path.append(latents)
     return (latents, path) if return_path else latents

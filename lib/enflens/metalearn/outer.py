@@ -186,7 +186,7 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
 
     def outer_loss(params: dict, px: Array, key: Array) -> Array:
         k_in, k_out = jax.random.split(key)
-        lat0 = adapter.expand(params["init"], px.shape[0])
+        lat0 = adapter.start_latents(params, px, (height, width))
         lat = inner_loop(
             adapter, params, lat0, coords, px, k_in, cfg.inner_steps, cfg.inner_pixels,
             cfg.first_order, sampling=cfg.sampling, image_shape=(height, width),
@@ -199,7 +199,7 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(outer_loss)(state.params, px, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = adapter.clip_log_lrs(optax.apply_updates(state.params, updates))
         return MetaState(state.step + 1, params, opt_state, state.key), loss
 
     return step
