@@ -197,6 +197,19 @@ fig = figures.k_nearest_tradeoff(k_sweep, BASE.num_latents, f"{TIMING_BATCH} x {
 savefig(fig, "02_enf_theory_k_nearest")
 
 # %% [markdown]
+# ## An equivariant decoder is not yet an equivariant encoder
+#
+# Everything above is a property of the decoder: $f(gx; gz) = f(x; z)$. The latents of an image
+# are *found* by fitting (notebook 03), and the fitted latents rotate with the image only if the
+# fitting procedure is equivariant too. Gradient steps are: the loss of the rotated image at
+# rotated latents equals the loss of the original at the original latents, so its gradient
+# rotates with them. The start is the weak point: a start shared by all images does not rotate
+# with the image. Notebook 03 therefore starts every fit from a template rotated into the
+# image's own frame, an angle computed from the image's moments about the lens centre
+# (`enflens.fields.frame`), and notebook 04 measures how closely the refit of a rotated image
+# matches the rotated latents.
+
+# %% [markdown]
 # ## Results
 #
 # The default decoder (`ENFConfig()`) decodes at the speed below on this machine; the

@@ -41,9 +41,30 @@
 # with Adam, differentiating *through* the $K$ inner steps (second order: the gradient w.r.t.
 # $\psi$ contains Hessian-vector products of the inner loss). The decoder thereby learns to be
 # easy to fit: after training, one encoding is $K$ gradient evaluations, done for a whole batch
-# at once. The ENF initialisation puts the positions on a $5\times5$ grid with orientations $0$
-# and one learned context vector shared by all latents (`enflens.fields.adapters`), so the starting
-# cloud carries no image-specific information.
+# at once.
+#
+# **Where the fit starts, and why it matters.** The decoder is exactly equivariant, so the loss
+# of a rotated image at rotated latents equals the loss of the original at the original
+# latents, and every inner step maps $g z_k$ to $g z_{k+1}$: the fit is equivariant *if and
+# only if its start is*. A start shared by all images (the learned initialisation of plain
+# Meta-SGD, as in the public ENF code) is the same cloud for an image and for its rotation, so
+# the two fits end in unrelated places. Here every image starts from a **template rotated into
+# its own frame** (`enflens.fields.frame`): the frame angle $\alpha(I)$ is the direction of the
+# intensity-weighted dipole moment of the pixels inside the disk of radius 0.95 about the lens
+# centre, $\arg \sum_x I(x)\,(x_1 + i x_2)$, which satisfies $\alpha(I\circ R_{-b}) =
+# \alpha(I) + b$; when the dipole is weak, the quadrupole axis $\tfrac12\arg\sum_x I(x)
+# (x_1 + i x_2)^2$, defined only up to $\pi$, which the template's symmetry absorbs. The
+# template is three rings of latents about the lens centre (4, 8 and 12 latents at radii 0.2,
+# 0.42 and 0.66, where the Einstein ring's light is), orientations radial, symmetric under
+# $90°$ rotations; only the template is rotated, never the image, so nothing is resampled. What
+# is meta-learned is the decoder, the inner rates and one context vector shared by all latents.
+# Exact: rotations by multiples of $90°$. Approximate: other angles (the rotated image is a
+# bilinear resampling; sums over a pixel grid do not rotate), pixel subsets (the subsets of an
+# image and of its rotation are different samples), weak dipoles (branch switching). The inner
+# loss counts only the pixels inside the unit disk, a rotation-invariant support; the square's
+# corners are not. To make the poses carry information, the learned position rate is bounded
+# below and one inner step moves a latent at most 2 px and $5°$
+# (`docs/equivariant_start.md`).
 #
 # **The baseline** is a Functa-style conditional neural field (`enflens.fields.cnf`): a SIREN whose
 # layers are shifted by a linear function of one global latent *vector*, fitted by the same
@@ -65,10 +86,18 @@ DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 SEED = 0  # decoder initialisation, data order and pixel subsets
 # ENF decoder (enflens.fields.enf.ENFConfig fields) and its Meta-SGD adapter
-# (enflens.fields.adapters.enf_adapter): the cpu-sized decoder (hidden 64, k = 4)
-ENF_CONFIG = {"num_latents": 25, "latent_dim": 32, "hidden": 64, "num_heads": 2, "k_nearest": 4,
-              "num_rff": 32}  # fmt: skip
-ENF_ADAPTER = {"lr_positions": 1.0, "lr_orientations": 1.0, "lr_contexts": 150.0}
+# (enflens.fields.adapters.enf_adapter): the cpu-sized decoder (hidden 64, k = 4) with 24
+# latents on three rings about the lens centre (4 / 8 / 12 at radius 0.2 / 0.42 / 0.66, radial
+# orientations), each image starting from the rings rotated into its own frame
+# (enflens.fields.frame); the position rate is kept >= 2.5 and one inner step moves a latent
+# at most 2 px and 5 degrees, so that poses move (docs/equivariant_start.md)
+ENF_CONFIG = {"num_latents": 24, "latent_dim": 33, "hidden": 64, "num_heads": 2, "k_nearest": 4,
+              "num_rff": 32, "template": "rings", "ring_counts": [4, 8, 12],
+              "ring_radii": [0.2, 0.42, 0.66]}  # fmt: skip
+ENF_ADAPTER = {"lr_positions": 2.5, "lr_orientations": 1.0, "lr_contexts": 150.0,
+               "equivariant_start": True, "fit_radius": 1.0,
+               "lr_bounds": {"positions": [2.5, 10.0], "orientations": [1e-6, 10.0]},
+               "max_pose_step": [0.0625, 0.0873]}  # fmt: skip
 # CNF decoder (enflens.fields.cnf.CNFConfig fields); latent_dim is set to the ENF's latent floats
 CNF_CONFIG = {"hidden": 128, "num_layers": 3, "w0": 30.0}
 CNF_ADAPTER = {"lr_init": 1.0}
@@ -221,9 +250,9 @@ savefig(fig, "03_meta_learning_reconstructions")
 # For an equivariant model *and* an equivariant fitting procedure, the field of $z_r$ is the
 # rotated field of $z = \mathrm{fit}(I)$. `rotation.rotation_consistency` measures the PSNR
 # between $f(x; z_r)$ and $f(R_{-a}x; z)$ inside the inscribed disk (corners leave the frame).
-# The ENF decoder is exactly equivariant, but the inner loop starts from the *same* grid of
-# latents (orientations 0) for every image, which is only symmetric under multiples of
-# $90°$; notebook 04 looks at what this does to the latent poses.
+# With the equivariant start both fits begin from the same template in the image's frame, so
+# they agree up to resampling and pixel subsets; notebook 04 measures the latents themselves,
+# with the fixed start as the control.
 
 # %%
 n_rot = min(N_ROTATION, len(ds.splits["val"]))

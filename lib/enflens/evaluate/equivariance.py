@@ -11,12 +11,13 @@
 
 Matching (``matching=``): ``"index"`` pairs latent i of the refit with latent i of the rotated
 original, up to the rotation symmetries of the template
-(:func:`enflens.fields.frame.symmetry_permutations`; the permutation with the smallest mean position
-error is used per image). With an equivariant start this is the exact correspondence (both fits
-start from the same template, rotated), except that an image fitted on its quadrupole branch may
-start from the template rotated by an extra pi, which is one of those symmetries.
+(:func:`enflens.fields.frame.symmetry_permutations`; the permutation with the smallest mean
+position error is used per image). With an equivariant start this is the exact correspondence
+(both fits start from the same template, rotated), except that an image fitted on its
+quadrupole branch may start from the template rotated by an extra pi, which is one of those
+symmetries.
 ``"nearest"`` matches every rotated-original latent to the nearest refit latent
-(:func:`enflens.rotation.match_poses`), the kinder choice for a fixed start, where no
+(:func:`enflens.evaluate.rotation.match_poses`), the kinder choice for a fixed start, where no
 correspondence by index exists.
 
 Units: positions in px (1 px = 2 / W grid units), angles in degrees, PSNR in dB (peak 1).
@@ -95,8 +96,9 @@ def end_to_end_equivariance(
         start: ``"adapter"`` (the adapter's start: equivariant when it has one) or ``"fixed"``
             (the unrotated learned initialisation for every image: the control).
         matching: ``"index"`` or ``"nearest"`` (module docstring).
-        batch_size, seed: batches and pixel-subset keys as :func:`enflens.encode_mod.encode`; the
-            original and the rotated image of one index get the same key.
+        batch_size, seed: batches and pixel-subset keys as
+            :func:`enflens.metalearn.encode.encode`; the original and the rotated image of one
+            index get the same key.
 
     Returns:
         dict: ``pose_error_px`` (median over all matched latents of all images),
@@ -266,4 +268,27 @@ def end_to_end_summary(
     return {
         **{k: eq[k] for k in _SUMMARY_KEYS},
         "control": {k: ctrl[k] for k in _SUMMARY_KEYS},
+    }
+
+
+def demo_refit(
+    adapter: adapters.FieldAdapter, params: dict, image: Any, angle: float, *, steps: int = 3
+) -> dict[str, Any]:
+    """One image for a figure: its fit ``fit``, the rotated image ``rotated_image`` (H, W), the
+    rotated latents ``goal`` = g z, and the refits of the rotated image from the adapter's start
+    (``refit``) and from the fixed, unrotated start (``control``); unbatched latents, all
+    pixels."""
+    x = grid.as_nhwc(np.asarray(image)[None], "demo_refit(image)")
+    beta = np.asarray([angle], np.float32)
+    xr = np.asarray(rotate_images(x, beta))
+    kw = dict(steps=steps, pixels=None, sampling="stratified", seed=0, batch_size=1)
+    z, _, _ = _fit_batches(adapter, params, x, fixed_start=False, **kw)
+    zr, _, _ = _fit_batches(adapter, params, xr, fixed_start=False, **kw)
+    zc, _, _ = _fit_batches(adapter, params, xr, fixed_start=True, **kw)
+    return {
+        "rotated_image": xr[0, ..., 0],
+        "fit": _unbatch(z, 0),
+        "goal": _unbatch(rotate_latents(z, beta), 0),
+        "refit": _unbatch(zr, 0),
+        "control": _unbatch(zc, 0),
     }

@@ -6,7 +6,7 @@ modulations* (Dupont et al. 2022, "From data to functa"): every hidden layer com
     h_{l+1} = sin(w0 * (W_l h_l + b_l + s_l(z))),      s(z) = M z + m  (one linear map),
 
 and a linear read-out gives the pixel values. The latent is fitted per image with the same
-Meta-SGD loop as the ENF (:mod:`enflens.fitting`) with learned per-dimension inner rates.
+Meta-SGD loop as the ENF (:mod:`enflens.metalearn`) with learned per-dimension inner rates.
 
 For a fair comparison the CNF gets as many latent floats per image as the ENF:
 :func:`enf_latent_floats` counts N * (2 + 1 + D [+ 1]) for N latents with 2 position

@@ -327,3 +327,60 @@ def invariant_histograms(
             ax.set_title("all equal (not fitted)", fontsize=9)
     axes[0, 0].legend()
     return fig
+
+
+def latent_clouds(images: np.ndarray, labels: np.ndarray, latents: Any, psnr_db: np.ndarray,
+                  n_show: int, class_names: Sequence[str]) -> Any:
+    """``n_show`` images per class (rows) with their latent clouds; titles: the fit's PSNR."""
+    from enflens.viz import draw_latents, unbatch
+
+    fig, axes = plt.subplots(3, n_show, figsize=(2.6 * n_show, 7.8), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for c in range(3):
+        for ax, i in zip(axes[c], np.flatnonzero(labels == c)[:n_show], strict=False):
+            show_image(ax, images[i])
+            draw_latents(ax, unbatch(latents, i), color="cyan")
+            ax.set_title(f"{class_names[c]}  {psnr_db[i]:.1f} dB", fontsize=9)
+    return fig
+
+
+def inner_paths(images: np.ndarray, labels: np.ndarray, path: Any, recs: np.ndarray,
+                class_names: Sequence[str]) -> Any:
+    """One image per class: the path of every latent over the inner steps (top) and the PSNR
+    of the fit after each step (bottom). ``path``: latents with a leading (K+1) axis;
+    ``recs``: (K+1, B, H, W, C)."""
+    from enflens.viz import draw_paths
+
+    k1 = recs.shape[0]
+    fig, axes = plt.subplots(2, 3, figsize=(10, 6.8), layout="constrained")
+    for c in range(3):
+        j = int(np.flatnonzero(labels == c)[0])
+        show_image(axes[0, c], images[j])
+        draw_paths(axes[0, c], np.asarray(path.positions)[:, j], color="cyan")
+        axes[0, c].set_title(class_names[c])
+        scores = np.asarray(psnr(recs[:, j, ..., 0], np.repeat(images[j][None], k1, 0)))
+        axes[1, c].plot(np.arange(k1), scores, "o-", color=CLASS_COLORS[c])
+        axes[1, c].set(xlabel="inner step", xticks=np.arange(k1))
+    axes[1, 0].set_ylabel("PSNR of this fit (dB)")
+    return fig
+
+
+def rotated_refit(image: np.ndarray, rotated: np.ndarray, fit: Any, goal: Any, refit: Any,
+                  control: Any, angle_deg: float) -> Any:
+    """The original with its fit z; the rotated image with the rotated latents g z (cyan) and
+    the refit of the rotated image from the equivariant start (yellow); the same with the refit
+    from the fixed, unrotated start (the control). Unbatched latents."""
+    from enflens.viz import draw_latents
+
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7), layout="constrained")
+    show_image(axes[0], image)
+    draw_latents(axes[0], fit, color="cyan")
+    axes[0].set_title("original fit z", fontsize=9)
+    for ax, (name, z) in zip(axes[1:], [("equivariant start", refit), ("fixed start", control)],
+                             strict=True):  # fmt: skip
+        show_image(ax, rotated)
+        draw_latents(ax, goal, color="cyan", windows=False)
+        draw_latents(ax, z, color="yellow", windows=False)
+        ax.set_title(f"rotated {angle_deg:.0f}°: g z (cyan), refit from {name} (yellow)",
+                     fontsize=8)  # fmt: skip
+    return fig

@@ -50,7 +50,7 @@ PROMISED_KEYS: dict[str, tuple[str, ...]] = {
         "fit_images_per_second",
         "train_seconds",
     ),
-    "04_latent_visualization": ("pose_error",),
+    "04_latent_visualization": ("end_to_end", "latent_motion"),
     "05_classifiers": ("models",),
     "06_results": ("profile", "package_versions", "jax_devices", "notebook_seconds"),
 }
