@@ -119,11 +119,14 @@ class _CornerPixel(nnx.Module):
         return jnp.stack([c, -c, 1 - c], -1)
 
 
-def test_rotation_helpers():
-    rng = np.random.default_rng(0)
-    imgs = rng.random((4, 16, 16)).astype(np.float32)
-    assert metrics.rotation_error(_PixelSum(), imgs, np.pi / 2) < 1e-5
-    assert metrics.rotation_error(_CornerPixel(), imgs, np.pi / 2) > 0.05
+def test_accuracy_under_rotation():
+    # a spot on pixel [2, 3] (x = -0.5625, y = -0.6875): the corner-pixel model says class 0
+    # (c > 0.5); rotated by 90 degrees the spot leaves that pixel and the answer is class 2
+    y, x = np.meshgrid(-1 + (2 * np.arange(16) + 1) / 16, -1 + (2 * np.arange(16) + 1) / 16,
+                       indexing="ij")  # fmt: skip
+    spot = np.exp(-((x + 0.5625) ** 2 + (y + 0.6875) ** 2) / 0.01).astype(np.float32)[None]
+    acc = metrics.accuracy_under_rotation(_CornerPixel(), spot, np.zeros(1, int), [0.0, np.pi / 2])
+    np.testing.assert_array_equal(acc, [1.0, 0.0])
     # a centred bright blob: class 0 wins under any rotation for the pixel-sum model
     yy, xx = np.mgrid[-1:1:16j, -1:1:16j]
     blob = np.exp(-(xx**2 + yy**2) / 0.1).astype(np.float32)[None].repeat(3, 0)
