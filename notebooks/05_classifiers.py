@@ -49,29 +49,28 @@ N_TEST = 1000
 DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 MODELS = ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp", "resnet18", "c8_gcnn"]
-# Optimiser steps per model (batch 64), chosen from bench/classifiers.py on the 2-core reference
-# machine. Process-CPU ms/step, two runs on a busy machine (wall times were up to 1.5-2x higher):
-# enf_mlp 3.9-4.9, enf_ponita 166-167, enf_transformer 169-212, cnf_mlp 2.2-2.3,
-# resnet18 2145-2216, c8_gcnn 1555-1633. The four large models get ~60 s each at those times
-# (360 x 0.167 s, 320 x 0.19 s, 28 x 2.18 s, 38 x 1.6 s), the MLPs ~10 s; with validations,
-# compilation, the test evaluations and the rotation curves the notebook takes ~11 min.
+# Optimiser steps per model (batch 64). Measured in a cpu-profile run on the 2-core machine
+# (wall time incl. compilation and validations): enf_ponita ~0.1 s/step, enf_transformer
+# ~0.1 s/step, resnet18 ~1.3 s/step, c8_gcnn ~1 s/step, the MLPs ~2 ms/step. The four large
+# models get about 4 minutes each (2,400 x 0.1 s, 180 x 1.3 s, 240 x 1 s), the MLPs ~10 s;
+# with the validations, test evaluations and rotation curves the notebook takes ~22 min.
 STEPS = {
     "enf_mlp": 3000,
-    "enf_ponita": 360,
-    "enf_transformer": 320,
+    "enf_ponita": 2400,
+    "enf_transformer": 2400,
     "cnf_mlp": 3000,
-    "resnet18": 28,
-    "c8_gcnn": 38,
+    "resnet18": 180,
+    "c8_gcnn": 240,
 }
-# steps between validations: four per large latent model, two per CNN (one CNN validation on
+# steps between validations: eight per large latent model, four per CNN (one CNN validation on
 # the 900 validation images costs ~10-14 s on 2 cores)
 EVAL_EVERY = {
     "enf_mlp": 300,
-    "enf_ponita": 90,
-    "enf_transformer": 80,
+    "enf_ponita": 300,
+    "enf_transformer": 300,
     "cnf_mlp": 300,
-    "resnet18": 14,
-    "c8_gcnn": 19,
+    "resnet18": 45,
+    "c8_gcnn": 60,
 }
 LEARNING_RATE = {
     "enf_mlp": 1e-3,
