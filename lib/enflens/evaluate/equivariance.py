@@ -37,8 +37,7 @@ from enflens import grid
 from enflens.evaluate import rotation
 from enflens.fields import adapters
 from enflens.fields.frame import rotate_latents, symmetry_permutations
-from enflens.geometry import rotate
-from enflens.grid import make_grid, rotate_images
+from enflens.grid import rotate_images
 from enflens.metalearn import encode as encode_mod
 
 Array = jax.Array
@@ -168,23 +167,9 @@ def _consistency(adapter, params, z, zr, beta, h, w, chunk: int = 64) -> np.ndar
         sl = slice(s, s + chunk)
         zz = jax.tree.map(lambda a, sl=sl: jnp.asarray(a[sl]), z)
         zzr = jax.tree.map(lambda a, sl=sl: jnp.asarray(a[sl]), zr)
-        out.append(np.asarray(_compare(adapter, h, w)(params, zz, zzr, jnp.asarray(beta[sl]))))
+        fn = rotation.consistency_fn(adapter, h, w)
+        out.append(np.asarray(fn(params, zz, zzr, jnp.asarray(beta[sl]))))
     return np.concatenate(out)
-
-
-@functools.lru_cache(maxsize=8)
-def _compare(adapter: adapters.FieldAdapter, h: int, w: int):
-    coords = make_grid(h, w)
-    mask = jnp.linalg.norm(coords, axis=-1) <= 1.0 - 1.0 / h
-
-    @jax.jit
-    def compare(params, z, zr, beta):
-        full = jnp.broadcast_to(coords, (beta.shape[0], *coords.shape))
-        a = adapter.decode(params, zr, full)
-        back = rotate(-beta[:, None], full)  # R(-beta) x
-        return grid.psnr(a, adapter.decode(params, z, back), mask)
-
-    return compare
 
 
 @functools.lru_cache(maxsize=8)
