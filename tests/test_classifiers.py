@@ -1,4 +1,5 @@
-"""Latent-cloud classifiers: exact SE(2) invariance (with the MLP as negative control), use of
+"""Latent-cloud classifiers: exact invariance to rotations about the centre (SE(2) without the
+radial node features), with the MLP as negative control; context standardisation; use of
 orientations, permutation invariance, factory errors, parameter counts, tiny-batch overfit."""
 
 import jax
@@ -43,21 +44,62 @@ def models():
 
 
 @pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
-def test_invariant_to_random_se2(models, name):
+def test_invariant_to_random_rotations_about_the_centre(models, name):
     z = _latents(np.random.default_rng(0))
     logits = predict(models[name], z)
     # non-trivial output: the logits differ between examples
     assert np.ptp(logits, axis=0).max() > 1e-2 * np.abs(logits).max()
+    err = invariance_error(models[name], z, jax.random.key(1), n=4, max_translation=0.0)
+    print(f"{name}: rotation-about-the-centre invariance error {err:.1e}")
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
+def test_radial_node_features_break_translations_only(models, name):
+    """The default models read the radius from the lens centre: invariant to rotations about
+    it (above), not to translations (the group they claim is SO(2), not SE(2)); without the
+    radial features they are SE(2) invariant."""
+    z = _latents(np.random.default_rng(0))
     err = invariance_error(models[name], z, jax.random.key(1), n=4, max_translation=0.5)
-    print(f"{name}: SE(2) invariance error {err:.1e}")
+    assert err > 1e-3, err
+    m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), node_geometry=False,
+                          **SMALL[name])  # fmt: skip
+    err = invariance_error(m, z, jax.random.key(1), n=4, max_translation=0.5)
+    print(f"{name} (node_geometry=False): SE(2) invariance error {err:.1e}")
     assert err < 1e-5
 
 
 def test_mlp_is_not_invariant(models):
     z = _latents(np.random.default_rng(0))
-    err = invariance_error(models["enf_mlp"], z, jax.random.key(1), n=4, max_translation=0.5)
-    print(f"enf_mlp (negative control): SE(2) invariance error {err:.2f}")
-    assert err > 0.05
+    for t in (0.0, 0.5):
+        err = invariance_error(models["enf_mlp"], z, jax.random.key(1), n=4, max_translation=t)
+        print(f"enf_mlp (negative control): invariance error {err:.2f} (translation {t})")
+        assert err > 0.05
+
+
+@pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
+def test_context_standardisation_is_stored_and_undoes_affine_scaling(name):
+    """The model standardises contexts with statistics it stores: contexts scaled and shifted
+    per channel, with the statistics recomputed, give the same logits; the statistics are part
+    of the model state (so of its checkpoint) and are not trained."""
+    rng = np.random.default_rng(5)
+    z = _latents(rng)
+    scale = rng.uniform(0.01, 0.2, D).astype(np.float32)
+    shift = rng.normal(size=D).astype(np.float32)
+    z2 = Latents(z.positions, z.orientations, z.contexts * scale + shift, z.windows)
+    m1 = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **SMALL[name])
+    m2 = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **SMALL[name])
+    m1.set_context_statistics(z.contexts)
+    m2.set_context_statistics(z2.contexts)
+    np.testing.assert_allclose(predict(m2, z2), predict(m1, z), atol=2e-4)
+    # negative control: without the matching statistics the output changes
+    assert np.abs(predict(m1, z2) - predict(m1, z)).max() > 1e-2
+    np.testing.assert_allclose(
+        nnx.state(m2, C.Statistic)["context_std"][...], scale * z.contexts.std((0, 1)), rtol=1e-3
+    )
+    assert "context_mean" not in nnx.state(m2, nnx.Param)
+    with pytest.raises(ValueError, match="channels"):
+        m1.set_context_statistics(np.zeros((2, N, D + 1), np.float32))
 
 
 @pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
@@ -113,8 +155,8 @@ def test_default_parameter_counts():
     print("default parameter counts (D=32, N=25, D_cnf=256):", counts)
     assert counts == {
         "enf_mlp": 135_939,
-        "enf_ponita": 125_379,
-        "enf_transformer": 111_823,
+        "enf_ponita": 125_895,
+        "enf_transformer": 112_339,
         "cnf_mlp": 50_307,
     }
 
@@ -125,7 +167,7 @@ def test_rff_basis_variant_is_invariant():
         layers=1, degree=2, rff_dim=8,
     )  # fmt: skip
     z = _latents(np.random.default_rng(3), b=4)
-    assert invariance_error(m, z, jax.random.key(2), n=2) < 1e-5
+    assert invariance_error(m, z, jax.random.key(2), n=2, max_translation=0.0) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp"])

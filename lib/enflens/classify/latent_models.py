@@ -4,7 +4,7 @@ All latent-cloud models take a batched :class:`enflens.geometry.Latents` (positi
 orientations (B, N), contexts (B, N, D), windows (B, N)) and return logits (B, num_classes).
 
 * ``enf_mlp`` (:class:`LatentMLP`): MLP on the flattened contexts and poses
-  [c_i, p_i, cos theta_i, sin theta_i, s_i] -- ignores the geometry, not SE(2) invariant.
+  [c_i, p_i, cos theta_i, sin theta_i, s_i] -- ignores the geometry, not invariant.
 * ``enf_ponita`` (:class:`Ponita`): PONITA-style message passing, fully connected over the
   latents. Edge attributes are the exact SE(2) pair invariants
   ``[R(theta_i)^T (p_j - p_i), cos(theta_j - theta_i), sin(theta_j - theta_i)]``
@@ -12,13 +12,28 @@ orientations (B, N), contexts (B, N, D), windows (B, N)) and return logits (B, n
   polynomial (degree <= 3) and/or random-Fourier-feature basis and an MLP into a kernel basis
   shared by all layers; each layer maps the basis linearly to per-channel kernels and runs a
   ConvNeXt block: depthwise message passing ``sum_j k_ij * h_j / N``, LayerNorm, pointwise MLP
-  with expansion, layer scale, residual. Node features are the contexts and log-windows (both
-  invariant). Readout: mean pooling, LayerNorm, MLP head. Exactly SE(2) invariant.
+  with expansion, layer scale, residual. Readout: attention pooling (or mean), LayerNorm, MLP.
 * ``enf_transformer`` (:class:`LatentTransformer`): pre-LN transformer over the latents whose
   attention logits are ``q_i . k_j / sqrt(d) + b_h(inv_ij)`` and whose values are modulated
-  ``v_j * m(inv_ij)``, with b, m per-layer linear maps of the same invariant embedding. Mean
-  pooling readout. Exactly SE(2) invariant.
+  ``v_j * m(inv_ij)``, with b, m per-layer linear maps of the same invariant embedding.
+  Readout as PONITA's.
 * ``cnf_mlp`` (:class:`CNFMLP`): MLP on a global latent vector (B, D_cnf).
+
+Node features of the two invariant models (:func:`node_features`): the contexts, standardised
+per channel with training-split statistics stored in the model (:class:`Statistic`, set by
+:meth:`InvariantLatentModel.set_context_statistics`; the reference PONITA code normalises its
+inputs too), and -- with ``node_geometry`` -- each latent's distance from the lens centre
+``|p_i|`` and its orientation relative to the radial direction,
+``(cos, sin)(theta_i - atan2(p_i))``. No constant input (the log-window is the same for every
+latent of every image when windows are not fitted, so it is not used).
+
+Which group each model is invariant to (checked in ``tests/test_classifiers.py`` with random
+continuous elements, the MLP failing the same check):
+
+* ``node_geometry=True`` (default): rotations about the image centre (the lens), SO(2), and
+  permutations of the latents. Not translations: the radius is measured from the centre. This
+  is the problem's symmetry -- the lens sits at the centre of every image.
+* ``node_geometry=False``: all of SE(2) (rotations and translations) and permutations.
 
 :func:`make_classifier` builds any of them by name from its config dataclass.
 """
@@ -39,13 +54,40 @@ from enflens.geometry import Latents, pair_invariants
 
 Array = jax.Array
 NUM_CLASSES = 3  # no_sub = 0, cdm = 1, axion = 2
-_WINDOW_EPS = 1e-6
 
 
-def node_invariants(z: Latents) -> Array:
-    """Per-latent SE(2)-invariant features [c_i, log s_i]: (B, N, D + 1)."""
-    logw = jnp.log(jnp.maximum(z.windows, _WINDOW_EPS))[..., None]
-    return jnp.concatenate([z.contexts, logw], axis=-1)
+class Statistic(nnx.Variable):
+    """An input statistic stored with the model (saved in its checkpoint, never trained)."""
+
+
+def context_statistics(contexts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float32, (D,)) of contexts (n, N, D) over images and latents.
+
+    Channels with std < 1e-8 get std 1 (they are then only centred)."""
+    c = np.asarray(contexts, np.float64)
+    if c.ndim != 3:
+        raise ValueError(f"context_statistics: contexts must be (n, N, D), got {c.shape}")
+    mean, std = c.mean(axis=(0, 1)), c.std(axis=(0, 1))
+    return mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+
+
+def radial_features(positions: Array, orientations: Array) -> Array:
+    """Features of each latent invariant to rotations about the origin: (..., N, 3) =
+    ``[|p|, cos(theta - phi), sin(theta - phi)]`` with ``phi = atan2(p_y, p_x)`` the direction
+    of the position (computed without atan2: smooth everywhere except at p = 0)."""
+    r = jnp.sqrt(jnp.sum(positions * positions, -1) + 1e-12)
+    ux, uy = positions[..., 0] / r, positions[..., 1] / r
+    ox, oy = jnp.cos(orientations), jnp.sin(orientations)
+    return jnp.stack([r, ox * ux + oy * uy, oy * ux - ox * uy], -1)
+
+
+def node_features(z: Latents, mean: Array, std: Array, geometry: bool) -> Array:
+    """Invariant node features: standardised contexts, plus :func:`radial_features` when
+    ``geometry``: (B, N, D [+ 3])."""
+    c = (z.contexts - mean) / std
+    if not geometry:
+        return c
+    return jnp.concatenate([c, radial_features(z.positions, z.orientations)], -1)
 
 
 def _check_latents(z: Latents, num_latents: int, context_dim: int, who: str) -> None:
@@ -214,6 +256,10 @@ class PonitaConfig:
         rff_scale: std of the RFF frequencies (invariants are O(1)).
         position_scale: factor on relative positions before the basis.
         layer_scale_init: initial value of the per-channel residual scale.
+        node_geometry: add the radius and radial orientation of each latent to its node features
+            (invariance to rotations about the centre; False: to all of SE(2)).
+        pool: readout over the latents, ``attention`` (:class:`AttentionPool`) or ``mean``.
+        pool_heads: heads of the attention pooling.
         num_classes: output logits.
     """
 
@@ -226,6 +272,9 @@ class PonitaConfig:
     rff_scale: float = 2.0
     position_scale: float = 1.0
     layer_scale_init: float = 0.1
+    node_geometry: bool = True
+    pool: str = "attention"
+    pool_heads: int = 4
     num_classes: int = NUM_CLASSES
 
 
@@ -248,20 +297,81 @@ class ConvNeXtBlock(nnx.Module):
         return h + self.gamma[...] * y
 
 
-class Ponita(nnx.Module):
+class AttentionPool(nnx.Module):
+    """Multi-head attention pooling over the latents (Ilse et al. 2018): each head weighs the
+    latents by ``softmax_i(w_h . LN(h_i))`` and averages its share of the channels with those
+    weights, so a few informative latents are not drowned by the rest as in a mean. Permutation
+    invariant; (B, N, H) -> (B, H). Starts as the mean (zero-initialised scores)."""
+
+    def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs):
+        if heads < 1 or hidden % heads:
+            raise ValueError(f"AttentionPool: pool_heads={heads} must divide hidden={hidden}")
+        self.heads = heads
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.score = nnx.Linear(hidden, heads, kernel_init=nnx.initializers.zeros_init(),
+                                rngs=rngs)  # fmt: skip
+
+    def __call__(self, h: Array) -> Array:
+        b, n, c = h.shape
+        w = jax.nn.softmax(self.score(self.norm(h)), axis=1)  # (B, N, heads)
+        return jnp.einsum("bnk,bnkc->bkc", w, h.reshape(b, n, self.heads, c // self.heads)).reshape(
+            b, c
+        )
+
+
+class InvariantLatentModel(nnx.Module):
+    """What PONITA and the transformer share: stored context statistics, invariant node
+    features, the pair-invariant basis and the readout. Subclasses define ``blocks`` and
+    ``head`` and call :meth:`features` / :meth:`readout`."""
+
+    def _init_common(self, cfg: Any, context_dim: int, num_latents: int, rngs: nnx.Rngs) -> None:
+        if cfg.pool not in ("attention", "mean"):
+            raise ValueError(f"pool={cfg.pool!r}; expected 'attention' or 'mean'")
+        self.cfg, self.context_dim, self.num_latents = cfg, context_dim, num_latents
+        self.context_mean = Statistic(jnp.zeros((context_dim,), jnp.float32))
+        self.context_std = Statistic(jnp.ones((context_dim,), jnp.float32))
+        self.embed = nnx.Linear(context_dim + 3 * cfg.node_geometry, cfg.hidden, rngs=rngs)
+        self.basis = InvariantEmbedding(
+            cfg.basis_dim, degree=cfg.degree, rff_dim=cfg.rff_dim, rff_scale=cfg.rff_scale,
+            position_scale=cfg.position_scale, rngs=rngs,
+        )  # fmt: skip
+        self.pool = (
+            AttentionPool(cfg.hidden, cfg.pool_heads, rngs=rngs)
+            if cfg.pool == "attention"
+            else None
+        )
+        self.out_norm = nnx.LayerNorm(cfg.hidden, rngs=rngs)
+
+    def set_context_statistics(self, contexts: Any) -> None:
+        """Store the per-channel mean / std of training contexts (n, N, D) in the model."""
+        mean, std = context_statistics(contexts)
+        if mean.shape != (self.context_dim,):
+            raise ValueError(
+                f"set_context_statistics: contexts have {mean.shape[0]} channels, the model "
+                f"expects {self.context_dim}"
+            )
+        self.context_mean[...] = jnp.asarray(mean)
+        self.context_std[...] = jnp.asarray(std)
+
+    def features(self, z: Latents, who: str) -> tuple[Array, Array]:
+        """Node embeddings (B, N, hidden) and the pair basis (B, N, N, basis_dim)."""
+        _check_latents(z, self.num_latents, self.context_dim, who)
+        basis = self.basis(pair_invariants(z.positions, z.orientations))
+        x = node_features(z, self.context_mean[...], self.context_std[...],
+                          self.cfg.node_geometry)  # fmt: skip
+        return self.embed(x), basis
+
+    def readout(self, h: Array) -> Array:
+        """Pool over the latents and normalise: (B, N, hidden) -> (B, hidden)."""
+        pooled = h.mean(axis=1) if self.pool is None else self.pool(h)
+        return self.out_norm(pooled)
+
+
+class Ponita(InvariantLatentModel):
     """PONITA on the SE(2) latent point cloud: Latents (B, N, ...) -> logits (B, num_classes)."""
 
     def __init__(self, cfg: PonitaConfig, *, context_dim: int, num_latents: int, rngs: nnx.Rngs):
-        self.cfg, self.context_dim, self.num_latents = cfg, context_dim, num_latents
-        self.embed = nnx.Linear(context_dim + 1, cfg.hidden, rngs=rngs)
-        self.basis = InvariantEmbedding(
-            cfg.basis_dim,
-            degree=cfg.degree,
-            rff_dim=cfg.rff_dim,
-            rff_scale=cfg.rff_scale,
-            position_scale=cfg.position_scale,
-            rngs=rngs,
-        )
+        self._init_common(cfg, context_dim, num_latents, rngs)
         self.blocks = nnx.List(
             [
                 ConvNeXtBlock(
@@ -270,16 +380,13 @@ class Ponita(nnx.Module):
                 for _ in range(cfg.layers)
             ]
         )
-        self.out_norm = nnx.LayerNorm(cfg.hidden, rngs=rngs)
         self.head = MLP(cfg.hidden, cfg.hidden, cfg.num_classes, 2, rngs=rngs)
 
     def __call__(self, z: Latents) -> Array:
-        _check_latents(z, self.num_latents, self.context_dim, "enf_ponita")
-        basis = self.basis(pair_invariants(z.positions, z.orientations))  # (B, N, N, K)
-        h = self.embed(node_invariants(z))  # (B, N, H)
+        h, basis = self.features(z, "enf_ponita")  # (B, N, H), (B, N, N, K)
         for blk in self.blocks:
             h = blk(h, basis)
-        return self.head(self.out_norm(h.mean(axis=1)))
+        return self.head(self.readout(h))
 
 
 # ----------------------------------------------------------------------------- enf_transformer
@@ -296,6 +403,7 @@ class TransformerConfig:
         mlp_ratio: widening of the feed-forward MLP.
         basis_dim: size of the shared invariant embedding.
         degree, rff_dim, rff_scale, position_scale: invariant basis (see :class:`PonitaConfig`).
+        node_geometry, pool, pool_heads: node features and readout (see :class:`PonitaConfig`).
         num_classes: output logits.
     """
 
@@ -308,6 +416,9 @@ class TransformerConfig:
     rff_dim: int = 0
     rff_scale: float = 2.0
     position_scale: float = 1.0
+    node_geometry: bool = True
+    pool: str = "attention"
+    pool_heads: int = 4
     num_classes: int = NUM_CLASSES
 
 
@@ -346,22 +457,13 @@ class InvariantAttentionBlock(nnx.Module):
         return h + self.mlp(self.norm2(h))
 
 
-class LatentTransformer(nnx.Module):
+class LatentTransformer(InvariantLatentModel):
     """SE(2)-invariant transformer on latents: Latents (B, N, ...) -> logits (B, num_classes)."""
 
     def __init__(
         self, cfg: TransformerConfig, *, context_dim: int, num_latents: int, rngs: nnx.Rngs
     ):
-        self.cfg, self.context_dim, self.num_latents = cfg, context_dim, num_latents
-        self.embed = nnx.Linear(context_dim + 1, cfg.hidden, rngs=rngs)
-        self.basis = InvariantEmbedding(
-            cfg.basis_dim,
-            degree=cfg.degree,
-            rff_dim=cfg.rff_dim,
-            rff_scale=cfg.rff_scale,
-            position_scale=cfg.position_scale,
-            rngs=rngs,
-        )
+        self._init_common(cfg, context_dim, num_latents, rngs)
         self.blocks = nnx.List(
             [
                 InvariantAttentionBlock(
@@ -370,16 +472,13 @@ class LatentTransformer(nnx.Module):
                 for _ in range(cfg.layers)
             ]
         )
-        self.out_norm = nnx.LayerNorm(cfg.hidden, rngs=rngs)
         self.head = nnx.Linear(cfg.hidden, cfg.num_classes, rngs=rngs)
 
     def __call__(self, z: Latents) -> Array:
-        _check_latents(z, self.num_latents, self.context_dim, "enf_transformer")
-        emb = self.basis(pair_invariants(z.positions, z.orientations))  # (B, N, N, K)
-        h = self.embed(node_invariants(z))
+        h, emb = self.features(z, "enf_transformer")  # (B, N, H), (B, N, N, K)
         for blk in self.blocks:
             h = blk(h, emb)
-        return self.head(self.out_norm(h.mean(axis=1)))
+        return self.head(self.readout(h))
 
 
 # ----------------------------------------------------------------------------- cnf_mlp

@@ -26,7 +26,11 @@ import numpy as np
 from flax import nnx
 
 from enflens.classify.image_models import CNN_CONFIGS, make_cnn
-from enflens.classify.latent_models import CLASSIFIER_CONFIGS, make_classifier
+from enflens.classify.latent_models import (
+    CLASSIFIER_CONFIGS,
+    InvariantLatentModel,
+    make_classifier,
+)
 from enflens.classify.train import (
     Augment,
     NoiseAugmentation,
@@ -103,9 +107,13 @@ def make_augmentation(kind: str, settings: dict[str, Any], x_train: Any) -> Augm
     return image_augmentation(math.radians(float(settings["max_angle_deg"])))
 
 
-def build_model(name: str, x_example: Any, model_cfg: dict[str, Any], seed: int) -> nnx.Module:
-    """Build classifier ``name`` for inputs shaped like ``x_example`` (a batch), init seed."""
+def build_model(name: str, x_train: Any, model_cfg: dict[str, Any], seed: int) -> nnx.Module:
+    """Build classifier ``name`` for inputs shaped like ``x_train`` (the training inputs, or a
+    batch of them), init seed. The invariant latent models store the per-channel context
+    statistics of ``x_train`` (:meth:`~enflens.classify.latent_models.InvariantLatentModel.
+    set_context_statistics`), so pass the whole training split."""
     rngs = nnx.Rngs(seed)
+    x_example = x_train
     kind = input_kind(name)
     if kind == "image":
         return make_cnn(name, rngs=rngs, **model_cfg)
@@ -114,10 +122,13 @@ def build_model(name: str, x_example: Any, model_cfg: dict[str, Any], seed: int)
             name, context_dim=0, num_latents=0, cnf_dim=int(np.shape(x_example)[-1]), rngs=rngs,
             **model_cfg,
         )  # fmt: skip
-    return make_classifier(
+    model = make_classifier(
         name, context_dim=x_example.context_dim, num_latents=x_example.num_latents, rngs=rngs,
         **model_cfg,
     )  # fmt: skip
+    if isinstance(model, InvariantLatentModel):
+        model.set_context_statistics(x_train.contexts)
+    return model
 
 
 def full_model_config(name: str, model_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -239,8 +239,11 @@ def refit_curve(model: nnx.Module, refits: Sequence[Any], labels: Any) -> list[f
 def invariance_error(
     name: str, model: nnx.Module, latents: Any, seed: int = 0, n: int = 8
 ) -> float | None:
-    """:func:`enflens.evaluate.metrics.invariance_error` for ``enf_*`` models (random SE(2) elements
-    with translations up to 0.5), None for the CNNs and ``cnf_mlp`` (no group action)."""
+    """:func:`enflens.evaluate.metrics.invariance_error` for ``enf_*`` models under random
+    continuous rotations about the image centre (the lens: the study's symmetry, to which the
+    invariant models are exactly invariant), None for the CNNs and ``cnf_mlp`` (no group
+    action on their inputs)."""
     if input_kind(name) != "enf":
         return None
-    return float(metrics.invariance_error(model, latents, jax.random.key(seed), n=n))
+    key = jax.random.key(seed)
+    return float(metrics.invariance_error(model, latents, key, n=n, max_translation=0.0))

@@ -541,7 +541,7 @@ def classifier(
         fraction=fraction, cache_dir=cache_dir,
     )  # fmt: skip
     kind = registry.input_kind(name)
-    model = registry.build_model(name, train.take(x_tr, np.arange(1)), model_cfg or {}, seed)
+    model = registry.build_model(name, x_tr, model_cfg or {}, seed)
     cached = _run_complete(run_dir)
     if cached:
         train.restore_checkpoint(model, run_dir)
