@@ -97,6 +97,12 @@ class ENFConfig:
             perfect square) or ``rings`` (:func:`enflens.fields.frame.ring_template`: rings about
             the centre with radial orientations; N must equal ``sum(ring_counts)``).
         ring_counts, ring_radii: latents per ring and ring radii (grid units) of ``rings``.
+        value_mlp: pass each pair's conditioned value ``v_i (1 + gamma(a)) + beta(a)`` through a
+            two-layer GELU network (hidden -> hidden -> hidden) before the attention average, as
+            the reference ENF decoders do; False keeps the linear FiLM value.
+        learn_rff: the Fourier frequencies of both embeddings are trained (``nnx.Param``,
+            initialised at the Gaussian draw) instead of frozen. They enter only through the
+            bi-invariant, so equivariance is unaffected.
     """
 
     num_latents: int = 25
@@ -116,6 +122,9 @@ class ENFConfig:
     template: Literal["grid", "rings"] = "grid"
     ring_counts: tuple[int, ...] = (4, 8, 12)
     ring_radii: tuple[float, ...] = (0.2, 0.42, 0.66)
+    # reconstruction quality (issue 13); the defaults are the original decoder
+    value_mlp: bool = False
+    learn_rff: bool = False
 
     def __post_init__(self) -> None:
         if self.bi_invariant not in BI_INVARIANT_DIMS:
@@ -199,12 +208,14 @@ def sincos(phase: Array) -> tuple[Array, Array]:
 
 
 class RandomFourierFeatures(nnx.Module):
-    """``a -> [sin(2 pi a B), cos(2 pi a B)]`` with frozen Gaussian frequencies B ~ N(0, std^2)."""
+    """``a -> [sin(2 pi a B), cos(2 pi a B)]`` with Gaussian frequencies B ~ N(0, std^2), frozen
+    (default) or trained (``learn=True``)."""
 
-    def __init__(self, in_dim: int, num_features: int, std: float, *, rngs: nnx.Rngs):
-        self.frequencies = Frozen(
-            std * jax.random.normal(rngs.params(), (in_dim, num_features // 2), jnp.float32)
-        )
+    def __init__(
+        self, in_dim: int, num_features: int, std: float, *, rngs: nnx.Rngs, learn: bool = False
+    ):
+        draw = std * jax.random.normal(rngs.params(), (in_dim, num_features // 2), jnp.float32)
+        self.frequencies = nnx.Param(draw) if learn else Frozen(draw)
 
     def __call__(self, a: Array) -> Array:
         """(..., in_dim) -> (..., num_features)."""
@@ -264,13 +275,19 @@ class ENFDecoder(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.cfg = cfg
         h, d_a = cfg.hidden, BI_INVARIANT_DIMS[cfg.bi_invariant]
-        self.rff_query = RandomFourierFeatures(d_a, cfg.num_rff, cfg.rff_std, rngs=rngs)
-        self.rff_value = RandomFourierFeatures(d_a, cfg.num_rff, cfg.rff_std_value, rngs=rngs)
+        learn = cfg.learn_rff
+        self.rff_query = RandomFourierFeatures(d_a, cfg.num_rff, cfg.rff_std, rngs=rngs,
+                                               learn=learn)  # fmt: skip
+        self.rff_value = RandomFourierFeatures(d_a, cfg.num_rff, cfg.rff_std_value, rngs=rngs,
+                                               learn=learn)  # fmt: skip
         self.query_hidden = nnx.Linear(cfg.num_rff, h, rngs=rngs)
         self.query_out = nnx.Linear(h, h, rngs=rngs)  # heads * d_head = hidden
         self.key = nnx.Linear(cfg.latent_dim, h, rngs=rngs)
         self.value = nnx.Linear(cfg.latent_dim, h, rngs=rngs)
         self.film = nnx.Linear(cfg.num_rff, 2 * h, rngs=rngs)
+        if cfg.value_mlp:
+            self.value_hidden = nnx.Linear(h, h, rngs=rngs)
+            self.value_out = nnx.Linear(h, h, rngs=rngs)
         self.out_hidden = nnx.Linear(h, h, rngs=rngs)
         self.out = nnx.Linear(h, cfg.out_channels, rngs=rngs)
 
@@ -348,17 +365,24 @@ class ENFDecoder(nnx.Module):
         logits = logits / math.sqrt(hd) - (d2 * inv_s2)[..., None]
         att = jax.nn.softmax(logits, axis=2)  # over the k latents
 
-        # values: v_i * (1 + gamma(a)) + beta(a), (gamma, beta) = W_film e_v(a) + b_film. The
-        # beta part is linear in e_v, so its attention average is taken before the projection:
-        # sum_i att_i (W_beta e_i + b_beta) = W_beta (sum_i att_i e_i) + b_beta.
+        # values: v_i * (1 + gamma(a)) + beta(a), (gamma, beta) = W_film e_v(a) + b_film
         e_v = self.rff_value(a)  # (B, P, k, R)
         w_film, b_film = self.film.kernel[...], self.film.bias[...]  # (R, 2 hidden), (2 hidden,)
         gamma = e_v @ w_film[:, : cfg.hidden] + b_film[: cfg.hidden]  # (B, P, k, hidden)
-        v = (v_k * (1.0 + gamma)).reshape(*gamma.shape[:-1], nh, hd)
-        y = jnp.einsum("bpkh,bpkhe->bphe", att, v)  # (B, P, H, hd)
-        e_att = jnp.einsum("bpkh,bpkr->bphr", att, e_v)  # (B, P, H, R)
-        w_beta = w_film[:, cfg.hidden :].reshape(cfg.num_rff, nh, hd)
-        y = y + jnp.einsum("bphr,rhe->bphe", e_att, w_beta) + b_film[cfg.hidden :].reshape(nh, hd)
+        if cfg.value_mlp:  # a nonlinear value per (pixel, latent) pair
+            beta = e_v @ w_film[:, cfg.hidden :] + b_film[cfg.hidden :]
+            v = self.value_out(jax.nn.gelu(self.value_hidden(v_k * (1.0 + gamma) + beta)))
+            v = v.reshape(*gamma.shape[:-1], nh, hd)
+            y = jnp.einsum("bpkh,bpkhe->bphe", att, v)  # (B, P, H, hd)
+        else:
+            # the beta part is linear in e_v, so its attention average is taken before the
+            # projection: sum_i att_i (W_beta e_i + b_beta) = W_beta (sum_i att_i e_i) + b_beta
+            v = (v_k * (1.0 + gamma)).reshape(*gamma.shape[:-1], nh, hd)
+            y = jnp.einsum("bpkh,bpkhe->bphe", att, v)  # (B, P, H, hd)
+            e_att = jnp.einsum("bpkh,bpkr->bphr", att, e_v)  # (B, P, H, R)
+            w_beta = w_film[:, cfg.hidden :].reshape(cfg.num_rff, nh, hd)
+            y = y + jnp.einsum("bphr,rhe->bphe", e_att, w_beta)
+            y = y + b_film[cfg.hidden :].reshape(nh, hd)
         y = y.reshape(b, p, cfg.hidden)  # (B, P, hidden), heads concatenated
         return self.out(jax.nn.gelu(self.out_hidden(y)))  # (B, P, C)
 

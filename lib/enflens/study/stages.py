@@ -49,9 +49,9 @@ STAGE_VERSIONS: dict[str, int] = {
     "dataset": 1,
     "decoder": 2,  # 2: step budgets instead of wall-time budgets
     "latents": 2,
-    "classifier": 2,
-    "data_efficiency": 2,
-    "rotation": 2,
+    "classifier": 3,  # 3: standardised contexts, radial node features, attention pooling
+    "data_efficiency": 3,
+    "rotation": 3,  # 3: invariance to rotations about the centre
 }
 
 FIELD_KINDS: tuple[str, ...] = ("enf", "cnf")
