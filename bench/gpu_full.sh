@@ -57,6 +57,7 @@ timeout 60 "$PY" -m ipykernel install --prefix "$JUPYTER_PREFIX" --name enflens 
     --display-name "Python (enflens)" >/dev/null || { echo "error: kernel install failed" >&2; return 1; }
 # compilations made by one notebook's kernel are reused by the next ones (06 retrains 05's models)
 export JAX_COMPILATION_CACHE_DIR=/tmp/enflens-jax-cache
+rm -rf "$JAX_COMPILATION_CACHE_DIR"  # a run starts from no compilations, as on a bare machine
 timeout 120 "$PY" - "$REQUIRE_GPU" <<'EOF' || return 1
 import sys
 import jax, flax, lenstronomy, papermill, jupytext, astropy  # noqa: F401  (all must import)
