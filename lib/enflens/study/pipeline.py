@@ -29,7 +29,8 @@ from enflens.io import atomic_path, repo_path, write_json
 from enflens.study.results import PROFILE_ENV
 
 KERNEL_NAME = "enflens"
-PROFILES = ("smoke", "cpu", "full")
+#: full_check: the CPU rehearsal of bench/gpu_full.sh (the full profile's keys, smoke sizes)
+PROFILES = ("smoke", "cpu", "full", "full_check")
 _NOTEBOOK_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
 
 
@@ -301,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m enflens.study.pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the notebooks with a profile")
-    r.add_argument("--profile", default="cpu", help="smoke | cpu | full (default: cpu)")
+    r.add_argument(
+        "--profile", default="cpu", help="smoke | cpu | full | full_check (default: cpu)"
+    )
     r.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
     r.add_argument(
         "--publish", action="store_true", help="write executed copies to notebooks/*.ipynb"
