@@ -88,7 +88,7 @@ SEED = 0
 ROT_ANGLES = 5  # rotation angles: 0 and ROT_ANGLES - 1 random angles in (0, 360)
 ROT_IMAGES = 900  # test images (stratified) for the image-rotation and latent-action curves
 REFIT_IMAGES = 240  # test images (stratified) whose rotated versions are re-encoded
-INVARIANCE_IMAGES = 256  # test latents for the SE(2) invariance error of the logits
+INVARIANCE_IMAGES = 256  # test latents for the invariance error (rotations about the centre)
 
 # %%
 import time
@@ -130,10 +130,16 @@ for kind, splits in inputs.splits.items():
 # * `enf_ponita` is PONITA-style message passing. Each pair of latents is described by the
 #   exact SE(2) invariant $[R(\theta_i)^\top(p_j - p_i), \cos(\theta_j-\theta_i),
 #   \sin(\theta_j-\theta_i)]$, embedded into a kernel basis; ConvNeXt blocks pass messages
-#   weighted by these kernels; mean pooling and an MLP head give the logits. Because only
-#   invariants enter, the output is exactly invariant to rotating and translating the cloud.
+#   weighted by these kernels; attention pooling (a learned weight per latent, so the few
+#   latents on the Einstein ring are not averaged away) and an MLP head give the logits. Node
+#   features are the contexts, standardised per channel with training-split statistics stored
+#   in the model, and each latent's distance from the lens centre and orientation relative to
+#   the radial direction. Only invariants enter, so the output is exactly invariant to
+#   rotations of the cloud about the lens centre, the problem's symmetry (without the radial
+#   node features it would be invariant to all of SE(2); the centre is physically special).
 # * `enf_transformer` is a transformer over the latents whose attention logits get a bias, and
-#   whose values a modulation, from the same pair invariants: exactly invariant as well.
+#   whose values a modulation, from the same pair invariants, with the same node features and
+#   pooling: exactly invariant to rotations about the centre as well.
 #
 # **On CNF latents**: `cnf_mlp` is an MLP on the global latent vector of the Functa-style
 # field, the "plain conditional neural field + MLP" of the ENF slides.

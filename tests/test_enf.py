@@ -100,6 +100,21 @@ def test_absolute_control_fails(k, key):
         assert_equivariant(fn, key, group="se2", **EQ_KW)
 
 
+def test_value_mlp_and_learned_frequencies_stay_equivariant(key):
+    """The issue-13 options (a nonlinear per-pair value, trained Fourier frequencies) act only
+    on the bi-invariant: SE(2) equivariance stays at float32 rounding; with the absolute
+    position as bi-invariant (control) the same decoder fails."""
+    opts = dict(value_mlp=True, learn_rff=True)
+    err = assert_equivariant(_jitted(**opts), key, group="se2", **EQ_KW)
+    assert err <= 1e-5
+    errs = equivariance_error(_jitted(bi_invariant="absolute", **opts), key, group="se2", **EQ_KW)
+    assert errs.min() >= 1e-2, errs
+    model = _decoder(**opts)
+    params = nnx.state(model, nnx.Param)
+    assert "frequencies" in str(jax.tree_util.tree_structure(params))  # trained now
+    assert count_params(model) > count_params(_decoder())  # the value network
+
+
 def test_translation_invariant_is_not_rotation_equivariant(key):
     """x - p carries no frame: rotating the cloud does not rotate the field (a second control)."""
     fn = _jitted(bi_invariant="translation", k_nearest=4)

@@ -126,3 +126,19 @@ def test_stage_results_are_dataclasses_with_the_documented_fields(ds, enf):
         "kind", "path", "adapter", "params", "meta", "cached"
     }  # fmt: skip
     assert enf.num_params > 0 and ds.image_shape == (64, 64, 1)
+
+
+def test_ablation_rows_reuse_the_study_decoder_and_change_one_thing(ds, enf):
+    clean = ds.splits["val"].images[:2]  # any reference works for the bookkeeping
+    rows = {"study": {}, "value mlp": {"enf_config": {"value_mlp": True}}}
+    out = stages.ablation(ds, rows, field_cfg=FIELDS, meta=META, steps=3, seed=0, clean=clean,
+                          fit=FIT, eval_images=2)  # fmt: skip
+    study, changed = out
+    assert study["cached"] and study["outer_steps"] == 3  # the study's own decoder, restored
+    assert not changed["cached"] and changed["decoder_params"] > study["decoder_params"]
+    assert len(study["psnr_clean"]) == FIT["steps"] + 1 and study["ms_per_outer_step"] > 0
+    with pytest.raises(ValueError, match="unknown keys"):
+        stages.ablation(ds, {"bad": {"enf": {}}}, field_cfg=FIELDS, meta=META, steps=3, seed=0,
+                        clean=clean, fit=FIT)  # fmt: skip
+    with pytest.raises(ValueError, match="two loss logs"):
+        stages.outer_step_ms([{"step": 1, "seconds": 0.1}])

@@ -6,9 +6,11 @@ Fields" (ICLR 2025). A signal is represented by a latent point cloud
 at a coordinate ``x`` is a cross-attention read-out of the latents in which ``x`` and the poses
 enter only through a *bi-invariant* ``a(x, p_i)`` and the distance ``|x - p_i|``:
 
-* query ``q = MLP(RFF_q(a))``  (random Fourier features with frozen Gaussian frequencies);
+* query ``q = MLP(RFF_q(a))``  (random Fourier features, Gaussian frequencies, frozen or
+  trained: ``ENFConfig.learn_rff``);
 * key ``k_i = W_k c_i``;
-* value ``v_i = (W_v c_i) * (1 + gamma(a)) + beta(a)`` with ``(gamma, beta) = W_film RFF_v(a)``;
+* value ``v_i = (W_v c_i) * (1 + gamma(a)) + beta(a)`` with ``(gamma, beta) = W_film RFF_v(a)``,
+  optionally passed through a per-pair GELU network (``ENFConfig.value_mlp``);
 * logit ``q . k_i / sqrt(d_head) - |x - p_i|^2 / s_i^2``, softmax over the ``k`` latents nearest
   to ``x`` (or over all latents), one softmax per head;
 * output ``MLP(concat_heads(sum_i att_i v_i)) -> C`` channels.

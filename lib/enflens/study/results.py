@@ -49,6 +49,7 @@ PROMISED_KEYS: dict[str, tuple[str, ...]] = {
         "outer_steps_per_second",
         "fit_images_per_second",
         "train_seconds",
+        "ablation",
     ),
     "04_latent_visualization": ("end_to_end", "latent_motion"),
     "05_classifiers": ("models",),

@@ -31,7 +31,7 @@ from enflens import data
 from enflens.checkpoint import read_decoder_meta, tree_hash
 from enflens.classify import registry, train
 from enflens.config import from_dict
-from enflens.evaluate import metrics, rotation
+from enflens.evaluate import metrics, reconstruction, rotation
 from enflens.fields import adapters
 from enflens.fields.cnf import CNFConfig
 from enflens.fields.enf import ENFConfig
@@ -358,6 +358,76 @@ def reconstruct(
         key=jax.random.fold_in(jax.random.PRNGKey(seed), 0),
     )  # fmt: skip
     return recs[-1, :n, ..., 0]
+
+
+# ----------------------------------------------------------------------------- decoder ablation
+
+
+def outer_step_ms(history: list[dict]) -> float:
+    """Median-free ms per outer step of a meta-training history: the time between the first
+    and the last logged loss over the steps between them (so compilation, which happens before
+    the first log, is left out). A timing only."""
+    logs = [e for e in history if "seconds" in e]
+    if len(logs) < 2:
+        raise ValueError("outer_step_ms: the history needs at least two loss logs")
+    first, last = logs[0], logs[-1]
+    return 1000.0 * (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
+
+
+def ablation(
+    ds: DatasetStage,
+    rows: dict[str, dict[str, Any]],
+    *,
+    field_cfg: dict[str, Any],
+    meta: dict[str, Any],
+    steps: int,
+    seed: int,
+    clean: np.ndarray,
+    fit: dict[str, Any],
+    eval_images: int = 64,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Meta-train one field per row for exactly ``steps`` outer steps and score it.
+
+    Args:
+        rows: row name -> change of the study's field: ``kind`` ("enf", default, or "cnf"),
+            ``enf_config`` / ``enf_adapter`` / ``cnf_config`` (keys replacing those of
+            ``field_cfg``'s dicts; ``None`` values replace too) and ``meta`` (keys replacing
+            ``meta``'s).
+        field_cfg: the study's :func:`field_adapter` keyword arguments.
+        meta: the study's Meta-SGD settings (``num_steps`` is replaced by ``steps``; a row
+            equal to the study's field at its own step count is the study's cached decoder).
+        clean: (n, H, W) noise-free renders of validation images 0..n-1.
+        fit: encoding settings (``steps``, ``pixels``, ``sampling``, ``batch_size``, ``seed``).
+
+    Returns:
+        One dict per row: ``name``, ``kind``, ``psnr_clean`` (mean PSNR against the noise-free
+        renders after 0..K inner steps), ``decoder_params``, ``latent_floats``,
+        ``outer_steps``, ``ms_per_outer_step`` (a timing), ``cached``. Every decoder is a
+        :func:`decoder` stage, so a rerun restores it.
+    """
+    known = {"kind", "enf_config", "enf_adapter", "cnf_config", "meta"}
+    noisy = ds.splits["val"].images[: len(clean)]
+    out = []
+    for name, change in rows.items():
+        if set(change) - known:
+            raise ValueError(f"ablation row {name!r}: unknown keys {sorted(set(change) - known)}")
+        kind = change.get("kind", "enf")
+        cfg = dict(field_cfg)
+        for part in ("enf_config", "enf_adapter", "cnf_config"):
+            cfg[part] = {**field_cfg[part], **change.get(part, {})}
+        m = {**meta, **change.get("meta", {}), "num_steps": int(steps)}
+        dec = decoder(kind, ds, adapter=field_adapter(kind, **cfg), meta=m, seed=seed,
+                      eval_images=eval_images, progress=progress)  # fmt: skip
+        rec = reconstruction.noise_free_psnr(dec.adapter, dec.params, ds.path, "val", noisy,
+                                             clean=clean, **fit)  # fmt: skip
+        out.append({
+            "name": name, "kind": kind, "psnr_clean": rec.clean.mean(1).tolist(),
+            "decoder_params": dec.num_params, "latent_floats": dec.latent_floats,
+            "outer_steps": dec.meta["outer_steps"],
+            "ms_per_outer_step": outer_step_ms(dec.meta["history"]), "cached": dec.cached,
+        })  # fmt: skip
+    return out
 
 
 # ----------------------------------------------------------------------------- classifier stages
