@@ -154,3 +154,33 @@ def test_figures_of_non_default_profiles_do_not_overwrite_committed_figures(monk
     assert results.figures_dir() == repo_path("figures")
     monkeypatch.setenv(results.PROFILE_ENV, "smoke")
     assert results.figures_dir() == repo_path("figures", "smoke")
+
+
+def test_distributed_flags_become_the_kernels_variables_or_name_the_bad_flag():
+    env = pipeline.distributed_env(2, 1, "node0:1234")
+    assert env == {"ENFLENS_NUM_PROCESSES": "2", "ENFLENS_PROCESS_ID": "1",
+                   "ENFLENS_COORDINATOR": "node0:1234"}  # fmt: skip
+    assert pipeline.distributed_env() == {} == pipeline.distributed_env(1, 0)
+    assert pipeline.distributed_env(auto=True) == {"ENFLENS_DISTRIBUTED": "auto"}
+    with pytest.raises(ValueError, match="--process-id must be in"):
+        pipeline.distributed_env(2, 2, "node0:1234")
+    with pytest.raises(ValueError, match="--coordinator"):
+        pipeline.distributed_env(2, 0, None)
+    with pytest.raises(ValueError, match="--distributed"):
+        pipeline.distributed_env(2, 0, "node0:1234", auto=True)
+    with pytest.raises(ValueError, match="need --num-processes"):
+        pipeline.distributed_env(None, 1)
+
+
+def test_a_distributed_run_starts_jax_distributed_in_a_first_cell(tmp_path, monkeypatch):
+    src = tmp_path / "notebooks" / "01_dist.py"
+    src.parent.mkdir()
+    src.write_text('# %% tags=["parameters"]\nPROFILE = "cpu"\n\n'
+                   '# %%\nassert parallel.process_count() == 1\n')  # fmt: skip
+    monkeypatch.setenv("ENFLENS_NUM_PROCESSES", "1")  # one process: the cell starts nothing
+    pipeline.run_notebook(src, "smoke", tmp_path / "runs")
+    out = nbformat.read(tmp_path / "runs" / "01_dist.ipynb", as_version=4)
+    assert pipeline.DISTRIBUTED_TAG in out.cells[0].metadata["tags"]
+    monkeypatch.delenv("ENFLENS_NUM_PROCESSES")  # without the variables: no such cell
+    with pytest.raises(pipeline.PipelineError, match="NameError"):
+        pipeline.run_notebook(src, "smoke", tmp_path / "runs")

@@ -17,6 +17,9 @@ restore with an :class:`enflens.integrity.IntegrityWarning`.
   to; :func:`tree_hash` is that hash.
 
 Orbax writes into a temporary directory and renames it on success, so checkpoints are atomic.
+In a multi-process run (:mod:`enflens.parallel`) every checkpoint is written by process 0 alone
+from host copies of the arrays, and read by each process on its own: orbax is told that only
+this process takes part (:func:`solo_options`), so no process waits for another.
 """
 
 from __future__ import annotations
@@ -55,8 +58,21 @@ def tree_to_nested(tree: PyTree) -> dict:
             node = node.setdefault(name, {})
         if names[-1] in node:
             raise ValueError(f"tree_to_nested: duplicate path {'/'.join(names)}")
-        node[names[-1]] = np.asarray(leaf)
+        node[names[-1]] = _host(leaf)
     return out
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """A leaf as numpy; a replicated global array of a multi-process run from this process's
+    copy (no collective, so process 0 alone can write it)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            raise ValueError(
+                "checkpoint: an array split over several processes cannot be written by one; "
+                "gather it first (enflens.parallel.to_host)"
+            )
+        return np.asarray(leaf.addressable_data(0))
+    return np.asarray(leaf)
 
 
 def nested_to_tree(nested: dict, template: PyTree, where: str | Path = "checkpoint") -> PyTree:
@@ -91,7 +107,7 @@ def tree_hash(tree: PyTree, length: int = 16) -> str:
     """SHA-256 (hex, first ``length`` chars) of all leaves' paths, dtypes, shapes and bytes."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        arr = np.ascontiguousarray(np.asarray(leaf))
+        arr = np.ascontiguousarray(_host(leaf))
         h.update(jax.tree_util.keystr(path).encode())
         h.update(f"{arr.dtype}{arr.shape}".encode())
         h.update(arr.tobytes())
@@ -143,6 +159,20 @@ def check_digests(nested: dict, where: str | Path) -> dict:
     return nested
 
 
+def solo_options() -> ocp.options.MultiprocessingOptions:
+    """Orbax multiprocessing options under which this process saves or restores alone (the
+    default options in a single-process run)."""
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    i = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=i, active_processes={i})
+
+
+def standard_checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax ``StandardCheckpointer`` for this process alone (:func:`solo_options`)."""
+    return ocp.StandardCheckpointer(multiprocessing_options=solo_options())
+
+
 def _restore(fn, where: Path, *args, **kwargs):
     """Run an orbax restore; its failures on damaged files become an IntegrityError."""
     try:
@@ -168,10 +198,16 @@ class CheckpointManager:
     def __init__(self, directory: str | Path, save_every: int = 0, max_to_keep: int = 2):
         self.directory = Path(directory).resolve()
         self.save_every = int(save_every)
+        solo = jax.process_count() > 1  # orbax creates no folder for a subset of processes
+        if solo:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+                max_to_keep=max_to_keep,
+                create=not solo,
+                enable_async_checkpointing=False,
+                multiprocessing_options=solo_options(),
             ),
         )
 
@@ -224,7 +260,7 @@ def save_decoder(path: str | Path, params: PyTree, meta: dict) -> str:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as ckptr:
+    with standard_checkpointer() as ckptr:
         ckptr.save(tmp / "params", tree_to_nested(params))
     write_json(tmp / "meta.json", {**meta, "hash": digest})
     if path.exists():
@@ -258,7 +294,7 @@ def load_decoder(path: str | Path, template: PyTree, check_hash: bool = True) ->
     """
     path = Path(path).resolve()
     meta = read_decoder_meta(path)
-    with ocp.StandardCheckpointer() as ckptr:
+    with standard_checkpointer() as ckptr:
         nested = _restore(ckptr.restore, path, path / "params")
     params = nested_to_tree(nested, template, where=path)
     if check_hash and tree_hash(params) != meta.get("hash"):
@@ -276,6 +312,8 @@ __all__ = [
     "nested_to_tree",
     "read_decoder_meta",
     "save_decoder",
+    "solo_options",
+    "standard_checkpointer",
     "tree_hash",
     "tree_to_nested",
     "with_digests",

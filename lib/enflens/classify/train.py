@@ -43,7 +43,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from enflens.checkpoint import DIGESTS, check_digests, with_digests
+from enflens import parallel
+from enflens.checkpoint import DIGESTS, check_digests, standard_checkpointer, with_digests
 from enflens.geometry import Latents, random_se2
 from enflens.grid import rotate_images
 from enflens.integrity import IntegrityError
@@ -374,21 +375,33 @@ def _exact_mean(avg: nnx.metrics.Average) -> float:
 
 
 def evaluate_split(
-    model: nnx.Module, x: PyTree, y: np.ndarray, batch_size: int = 256
+    model: nnx.Module, x: PyTree, y: np.ndarray, batch_size: int = 256, mesh: Any = None
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` (evaluation mode) on a split, with the
     metrics accumulated on the device and read once. The last batch is padded and masked, so
-    one compilation per batch shape."""
+    one compilation per batch shape.
+
+    With a data ``mesh`` (:func:`enflens.parallel.data_mesh`) each batch is split over its
+    devices; the batch is rounded up to a multiple of the device count (the padding masked),
+    and ``model`` should be replicated on the mesh (as :func:`fit` leaves it)."""
     n = num_examples(x)
     bs = min(batch_size, n)
+    d = 1 if mesh is None else parallel.num_devices(mesh)
+    bs = -(-bs // d) * d
     metrics = make_metrics()
+    if mesh is not None:
+        nnx.update(metrics, parallel.replicate(nnx.state(metrics), mesh))
     for start in range(0, n, bs):
         idx = np.arange(start, min(start + bs, n))
         mask = np.ones(bs, bool)
         if len(idx) < bs:
             mask[len(idx) :] = False
             idx = np.concatenate([idx, np.full(bs - len(idx), idx[-1])])
-        eval_step(model, metrics, take(x, idx), np.asarray(y)[idx], mask)
+        batch = (take(x, idx), np.asarray(y)[idx], mask)
+        if mesh is not None:
+            part = parallel.local_slice(bs, mesh)
+            batch = parallel.shard_batch(jax.tree.map(lambda a, p=part: a[p], batch), mesh, bs)
+        eval_step(model, metrics, *batch)
     return _exact_mean(metrics.accuracy), _exact_mean(metrics.loss)
 
 
@@ -433,6 +446,7 @@ def fit(
     cfg: TrainConfig | None = None,
     *,
     augment: Augment | None = None,
+    mesh: Any = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``cfg.steps`` steps; select the best validation state.
@@ -452,6 +466,10 @@ def fit(
         augment: optional augmentation pytree, ``augment(key, x_batch) -> x_batch``, applied
             to training batches inside the jitted step (:class:`LatentAugmentation`,
             :class:`ImageAugmentation`, :class:`NoiseAugmentation`).
+        mesh: the data mesh (:func:`enflens.parallel.data_mesh`; default: all devices of all
+            processes). Every batch is split over its devices, which must divide the training
+            batch ``min(cfg.batch_size, n_train)``; the model's state is replicated on it (and
+            stays there). Only process 0 writes ``cfg.checkpoint_dir``.
 
     Returns:
         History dict: per validation ``step`` (steps done), ``train_loss``, ``train_acc``
@@ -472,12 +490,20 @@ def fit(
     if n_tr == 0 or num_examples(x_va) == 0:
         raise ValueError("fit: train and validation splits must be non-empty")
     order = batch_indices(n_tr, cfg.batch_size, cfg.steps, cfg.seed)
+    bs = order.shape[1]
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch(bs, mesh, "fit: the training batch min(TrainConfig.batch_size, n_train)")
+    part = parallel.local_slice(bs, mesh)
     schedule = make_schedule(cfg)
+    main = parallel.is_main_process()
 
     t0 = time.perf_counter()
+    nnx.update(model, parallel.replicate(nnx.state(model), mesh))
     train_model, eval_model = _train_view(model), _eval_view(model)
     optimizer = nnx.Optimizer(train_model, make_optimizer(cfg), wrt=nnx.Param)
     metrics = make_metrics()
+    for obj in (optimizer, metrics):
+        nnx.update(obj, parallel.replicate(nnx.state(obj), mesh))
     key = jax.random.key(cfg.seed)
     names = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
     hist: dict[str, Any] = {k: [] for k in names}
@@ -485,17 +511,19 @@ def fit(
     stop_reason = "steps"
     bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="train", leave=False)
     for step in bar:
-        idx = order[step]
+        idx = order[step][part]  # this process's rows of the global batch
+        xb, yb = parallel.shard_batch((take(x_tr, idx), y_tr[idx]), mesh, bs)
         train_step(
-            train_model, optimizer, metrics, take(x_tr, idx), y_tr[idx],
-            jax.random.fold_in(key, step), augment=augment, label_smoothing=cfg.label_smoothing,
+            train_model, optimizer, metrics, xb, yb,
+            parallel.replicate(jax.random.fold_in(key, step), mesh), augment=augment,
+            label_smoothing=cfg.label_smoothing,
         )  # fmt: skip
         done = step + 1
         if done % cfg.eval_every and done != cfg.steps:
             continue
         train = metrics.compute()
         metrics.reset()
-        val_acc, val_loss = evaluate_split(eval_model, x_va, y_va, cfg.eval_batch_size)
+        val_acc, val_loss = evaluate_split(eval_model, x_va, y_va, cfg.eval_batch_size, mesh)
         row = (done, float(train["loss"]), float(train["accuracy"]), val_loss, val_acc,
                float(schedule(done)), time.perf_counter() - t0)  # fmt: skip
         for k, v in zip(names, row, strict=True):
@@ -503,7 +531,7 @@ def fit(
         if (val_acc, -val_loss) > (best[0], -best[1]):
             best, best_step, since_best = (val_acc, val_loss), done, 0
             best_state = _pure_state(model)
-            if cfg.checkpoint_dir is not None:
+            if cfg.checkpoint_dir is not None and main:
                 save_checkpoint(model, cfg.checkpoint_dir)
         else:
             since_best += 1
@@ -526,7 +554,7 @@ def fit(
         num_params=count_params(model),
         train_seconds=time.perf_counter() - t0,
     )
-    if cfg.checkpoint_dir is not None:
+    if cfg.checkpoint_dir is not None and main:
         write_json(Path(cfg.checkpoint_dir) / "history.json", hist)
     return hist
 
@@ -543,8 +571,8 @@ def save_checkpoint(model: nnx.Module, directory: str | Path) -> Path:
     """
     path = Path(directory).absolute() / "state"
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
-    with ocp.StandardCheckpointer() as ckptr:
+    state = parallel.to_host(nnx.to_pure_dict(nnx.state(model)))
+    with standard_checkpointer() as ckptr:
         ckptr.save(path, with_digests(state), force=True)
     return path
 
@@ -562,7 +590,7 @@ def restore_checkpoint(model: nnx.Module, directory: str | Path) -> nnx.Module:
     state = nnx.state(model)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     digests = jax.tree.map(lambda _: jax.ShapeDtypeStruct((32,), np.uint8), abstract)
-    with ocp.StandardCheckpointer() as ckptr:
+    with standard_checkpointer() as ckptr:
         try:
             meta = ckptr.metadata(path)
             saved_keys = set(getattr(meta, "item_metadata", meta).keys())

@@ -513,6 +513,81 @@ def load(
     )
 
 
+class SplitRows:
+    """The images of one split, read row by row: a process of a multi-process run reads only
+    the rows its devices work on (:func:`enflens.metalearn.encode.encode`).
+
+    Opening checks the file's format and recipe, and the labels and the image array's dtype
+    and shape (as :func:`load`); every read checks its rows (finite, in [0, 1]). The content
+    hash covers whole arrays, so it is not checked here: verify the file once with
+    :func:`load` (e.g. on process 0) when that matters.
+
+    Attributes:
+        path, split: the store and split.
+        shape: (n, H, W) of the images; labels: (n,) int64, read whole (small).
+        rows_read: number of distinct rows read so far (with repeats within a call removed).
+
+    Raises:
+        FileNotFoundError, DataFileError: as :func:`load`, naming the file, split and array.
+    """
+
+    def __init__(self, path: str | Path, split: str, recipe: str | None = None):
+        self.path, self.split = Path(path), split
+        with _open(self.path) as f:
+            attrs = _attrs(f, self.path)
+            if recipe is not None and attrs.get("recipe") != recipe:
+                raise DataFileError(
+                    self.path, f"holds recipe {attrs.get('recipe')!r}, expected {recipe!r}"
+                )
+            g = _group(f, self.path, split)
+            for name in ("images", "labels"):
+                if not isinstance(g.get(name), h5py.Dataset):
+                    raise DataFileError(self.path, "the array is missing", f"{split}/{name}")
+            images = g["images"]
+            try:
+                labels = g["labels"][()]
+            except READ_ERRORS as err:
+                raise DataFileError(self.path, f"reading failed: {err}", f"{split}/labels") from err
+            self.shape = tuple(int(v) for v in images.shape)
+            dtype = images.dtype
+        self._specs = split_specs(attrs, self.path)
+        check_arrays({"labels": labels}, {"labels": self._specs["labels"]}, self.path, split)
+        empty = {"images": np.zeros((0, *self.shape[1:]), dtype)}  # dtype and image shape
+        check_arrays(empty, {"images": self._specs["images"]}, self.path, split)
+        if self.shape[0] != len(labels):
+            raise DataFileError(
+                self.path, f"has {self.shape[0]} rows, but 'labels' has {len(labels)}",
+                f"{split}/images",
+            )  # fmt: skip
+        self.labels = labels
+        self.rows_read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_rows(self, rows: Any) -> np.ndarray:
+        """Images of ``rows`` (k,) integer indices (any order, repeats allowed) -> (k, H, W)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(
+                f"dataset file {self.path}: rows {rows.min()}..{rows.max()} out of range for "
+                f"split {self.split!r} ({len(self)} images)"
+            )
+        unique, inverse = np.unique(rows, return_inverse=True)
+        try:
+            with _open(self.path) as f:
+                block = f[self.split]["images"][unique]
+        except READ_ERRORS as err:
+            raise DataFileError(
+                self.path, f"reading failed (truncated or corrupt?): {err}", f"{self.split}/images"
+            ) from err
+        check_arrays({"images": block}, {"images": self._specs["images"]}, self.path, self.split)
+        self.rows_read += len(unique)
+        return block[inverse]
+
+    __getitem__ = read_rows
+
+
 def _verify(arrays: dict, attrs: dict, gattrs: dict, path: Path, split: str) -> None:
     """Compare the content hash of a split with the one recorded at writing."""
     if HASH_ATTR in gattrs:

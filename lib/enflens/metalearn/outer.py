@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from enflens import parallel
 from enflens.checkpoint import CheckpointManager
 from enflens.fields.adapters import FieldAdapter
 from enflens.grid import as_nhwc, image_to_pixels, make_grid
@@ -180,7 +181,11 @@ def batch_indices(seed: int, step: int, num_images: int, batch_size: int) -> np.
 
 
 @functools.lru_cache(maxsize=16)
-def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: int):
+def _train_step_fn(
+    adapter: FieldAdapter, cfg: MetaConfig, height: int, width: int, mesh: Any = None
+):
+    """The jitted outer step; with a data ``mesh`` the pixel batch (B, HW, C) is split over its
+    devices and the state is replicated (the gradient mean becomes an all-reduce)."""
     coords = make_grid(height, width)
     tx = make_optimizer(cfg)
 
@@ -194,7 +199,6 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
         c, t = pixel_subset(k_out, coords, px, cfg.outer_pixels, cfg.sampling, (height, width))
         return jnp.mean((adapter.decode(params, lat, c) - t) ** 2)
 
-    @jax.jit
     def step(state: MetaState, px: Array) -> tuple[MetaState, Array]:
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(outer_loss)(state.params, px, key)
@@ -202,7 +206,10 @@ def _train_step_fn(adapter: FieldAdapter, cfg: MetaConfig, height: int, width: i
         params = adapter.clip_log_lrs(optax.apply_updates(state.params, updates))
         return MetaState(state.step + 1, params, opt_state, state.key), loss
 
-    return step
+    if mesh is None:
+        return jax.jit(step)
+    rep = parallel.replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, parallel.batch_sharding(mesh)), out_shardings=rep)
 
 
 def train_step(
@@ -245,6 +252,7 @@ def meta_train(
     stop_at: int | None = None,
     progress: bool = True,
     log_every: int = 50,
+    mesh: Any = None,
 ) -> MetaResult:
     """Meta-learn the decoder, inner rates and latent init on ``train_images``.
 
@@ -260,6 +268,9 @@ def meta_train(
         stop_at: stop after this step (simulates an interruption; checkpoint saved there).
         progress: show a tqdm bar.
         log_every: record the (median) outer loss every this many steps.
+        mesh: the data mesh (:func:`enflens.parallel.data_mesh`; default: all devices of all
+            processes). Each global batch of ``cfg.batch_size`` images is split over its
+            devices, which must divide it; each process transfers only its own rows.
 
     Returns:
         :class:`MetaResult` with the final state and history entries
@@ -273,14 +284,19 @@ def meta_train(
         )
     val = None if val_images is None else as_nhwc(val_images, "meta_train(val_images)")
     n, h, w, _ = images.shape
-    manager = None
-    if checkpoint_dir is not None:
+    manager = None  # process 0 writes the checkpoints and restores them for every process
+    if checkpoint_dir is not None and parallel.is_main_process():
         manager = CheckpointManager(checkpoint_dir, save_every=cfg.checkpoint_every)
     if state is None:
         state = init_state(adapter, cfg)
         if manager is not None and resume and manager.latest_step() is not None:
             state = manager.restore(state)
-    step_fn = _train_step_fn(adapter, _step_key(cfg), h, w)
+        if checkpoint_dir is not None and resume:
+            state = parallel.broadcast_from_main(state)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch(cfg.batch_size, mesh, "MetaConfig.batch_size")
+    state = parallel.replicate(state, mesh)
+    step_fn = _train_step_fn(adapter, _step_key(cfg), h, w, mesh)
     end = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
     start = int(state.step)
     history: list[dict] = []
@@ -288,9 +304,9 @@ def meta_train(
     t0 = time.perf_counter()
     bar = tqdm(range(start, end), disable=not progress, desc=f"meta-train {adapter.kind}")
     for s in bar:
-        idx = batch_indices(cfg.seed, s, n, cfg.batch_size)
-        px = image_to_pixels(jnp.asarray(images[np.sort(idx)]))
-        state, loss = step_fn(state, px)
+        idx = parallel.local_rows(np.sort(batch_indices(cfg.seed, s, n, cfg.batch_size)), mesh)
+        px = image_to_pixels(np.asarray(images[idx]))
+        state, loss = step_fn(state, parallel.shard_batch(px, mesh, cfg.batch_size))
         losses.append(float(loss))
         done = s + 1
         if done % log_every == 0 or done == end:
@@ -311,7 +327,7 @@ def meta_train(
             per_step = psnr_per_step(adapter, state.params, val[: cfg.eval_images], cfg)
             history.append({"step": done, "val_psnr_per_step": per_step.mean(1).tolist()})
         if manager is not None and (manager.should_save(done) or done == end):
-            manager.save(done, state)
+            manager.save(done, parallel.to_host(state))
     if manager is not None:
         manager.close()
     return MetaResult(state=state, history=history)

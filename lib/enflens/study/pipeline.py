@@ -7,6 +7,15 @@ its ``common`` section plus the notebook's own section), and written executed to
 notebook goes to ``runs/<profile>/timings.json``. On failure the notebook and cell are named and
 the process exits non-zero. With ``--publish`` the executed notebooks (outputs compacted) replace
 the committed ``notebooks/NN_name.ipynb`` twins, so a reader on a code host sees a real run.
+
+Every notebook runs on all local devices (:mod:`enflens.parallel`). For a multi-process run
+(several hosts or one process per GPU), start the same command in every process with
+``--num-processes N --process-id I --coordinator HOST:PORT``, or with ``--distributed`` to let
+``jax.distributed`` read the cluster's variables (SLURM ``srun``, Open MPI). The settings reach
+each notebook's kernel through the ``ENFLENS_*`` variables of :mod:`enflens.parallel`, and a first
+cell (tagged :data:`DISTRIBUTED_TAG`, never published) starts ``jax.distributed`` before anything
+else. Process 0 writes the stages' files; process I > 0 writes its executed notebooks to
+``runs/<profile>/process<I>/``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from enflens import parallel
 from enflens.integrity import IntegrityError, check_params
 from enflens.io import atomic_path, repo_path, write_json
 from enflens.study.results import PROFILE_ENV
@@ -32,6 +42,9 @@ KERNEL_NAME = "enflens"
 #: full_check: the CPU rehearsal of bench/gpu_full.sh (the full profile's keys, smoke sizes)
 PROFILES = ("smoke", "cpu", "full", "full_check")
 _NOTEBOOK_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
+#: Tag of the first cell that starts ``jax.distributed`` in a multi-process run.
+DISTRIBUTED_TAG = "enflens-distributed"
+_RANK_VARS = ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 
 
 class PipelineError(RuntimeError):
@@ -204,7 +217,14 @@ def run_notebook(
     params = notebook_parameters(profile, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     in_path = out_dir / f".{name}.input.ipynb"
-    nbformat.write(to_notebook(source), in_path)
+    nb = to_notebook(source)
+    if os.environ.get(parallel.ENV_NUM_PROCESSES) or os.environ.get(parallel.ENV_DISTRIBUTED):
+        cell = nbformat.v4.new_code_cell(
+            "from enflens import parallel\n\nparallel.initialize_from_env()",
+            metadata={"tags": [DISTRIBUTED_TAG]},
+        )
+        nb.cells.insert(0, cell)
+    nbformat.write(nb, in_path)
     out_path, log_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.log"
     start = time.perf_counter()
     os.environ[PROFILE_ENV] = profile  # inherited by the kernel: where figures go
@@ -257,7 +277,8 @@ def publish(executed: Path, twin: Path) -> None:
     nb.metadata.pop("papermill", None)
     # The cpu profile's values equal the parameters cell's defaults (a test checks it), so
     # papermill's injected cell is redundant; dropping it keeps the twin's code equal to the .py.
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    drop = {"injected-parameters", DISTRIBUTED_TAG}
+    nb.cells = [c for c in nb.cells if not drop & set(c.metadata.get("tags", []))]
     source = twin.with_suffix(".py")
     if source.exists():  # show the source's parameters cell: the values that were injected
         (src_cell,) = [
@@ -270,19 +291,80 @@ def publish(executed: Path, twin: Path) -> None:
         nbformat.write(nb, tmp)
 
 
+def distributed_env(
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    coordinator: str | None = None,
+    auto: bool = False,
+) -> dict[str, str]:
+    """The ``ENFLENS_*`` variables of a multi-process run (empty for a single process).
+
+    >>> distributed_env(2, 1, "node0:1234")[parallel.ENV_PROCESS_ID]
+    '1'
+    >>> distributed_env()
+    {}
+
+    Raises:
+        ValueError: naming the flag that is missing or out of range.
+    """
+    if auto:
+        if num_processes is not None or process_id is not None or coordinator is not None:
+            raise ValueError("--distributed detects the cluster: drop --num-processes, "
+                             "--process-id and --coordinator, or drop --distributed")  # fmt: skip
+        return {parallel.ENV_DISTRIBUTED: "auto"}
+    if num_processes is None or num_processes == 1:
+        if process_id not in (None, 0) or coordinator is not None:
+            raise ValueError("--process-id and --coordinator need --num-processes N > 1")
+        return {}
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {num_processes}")
+    if process_id is None or not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    if not coordinator or ":" not in coordinator:
+        raise ValueError(f"--coordinator must be HOST:PORT of process 0, got {coordinator!r}")
+    return {
+        parallel.ENV_NUM_PROCESSES: str(num_processes),
+        parallel.ENV_PROCESS_ID: str(process_id),
+        parallel.ENV_COORDINATOR: coordinator,
+    }
+
+
+def _process_id(env: dict[str, str]) -> int:
+    """This process's index for the output folder (0 when it is not known before JAX)."""
+    if parallel.ENV_PROCESS_ID in env:
+        return int(env[parallel.ENV_PROCESS_ID])
+    if not env:  # a single-process run
+        return 0
+    ranks = [os.environ[v] for v in _RANK_VARS if os.environ.get(v, "").isdigit()]
+    return int(ranks[0]) if ranks else 0
+
+
 def run(
-    profile: str, only: list[str] | None = None, publish_twins: bool = False
+    profile: str,
+    only: list[str] | None = None,
+    publish_twins: bool = False,
+    distributed: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Run the notebooks (all, or those whose name starts with one of ``only``) in order."""
+    """Run the notebooks (all, or those whose name starts with one of ``only``) in order.
+
+    ``distributed``: :func:`distributed_env` of a multi-process run (set for the kernels).
+    """
     if profile not in PROFILES:
         raise ValueError(f"--profile must be one of {PROFILES}, got {profile!r}")
     load_profile(profile)  # validate before spending time
+    distributed = distributed or {}
+    os.environ.update(distributed)
+    rank = _process_id(distributed)
+    if publish_twins and rank:
+        publish_twins = False  # process 0 publishes
     sources = notebook_sources()
     if only:
         sources = [s for s in sources if any(s.stem.startswith(o) for o in only)]
         if not sources:
             raise ValueError(f"no notebook in notebooks/ matches {only}")
     out_dir = repo_path("runs", profile)
+    if rank:
+        out_dir = out_dir / f"process{rank}"
     timings_path = out_dir / "timings.json"
     timings: dict[str, float] = {}
     if timings_path.exists():
@@ -309,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--publish", action="store_true", help="write executed copies to notebooks/*.ipynb"
     )
+    r.add_argument("--num-processes", type=int, help="processes of a multi-process run")
+    r.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
+    r.add_argument("--coordinator", help="HOST:PORT of process 0's jax.distributed service")
+    r.add_argument("--distributed", action="store_true",
+                   help="multi-process run with the cluster's variables (SLURM srun, Open MPI)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     try:
         total = time.perf_counter()
-        timings = run(args.profile, args.only, args.publish)
+        env = distributed_env(args.num_processes, args.process_id, args.coordinator,
+                              args.distributed)  # fmt: skip
+        timings = run(args.profile, args.only, args.publish, env)
     except (PipelineError, ValueError, OSError) as err:
         if args.debug:
             raise

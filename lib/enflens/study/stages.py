@@ -13,6 +13,10 @@ everything that determines its output: its parameters (step counts included), th
 stages it reads, and the stage's code version :data:`STAGE_VERSIONS`, which is bumped whenever a
 change of the code changes the stage's output. The same code, seed and profile therefore give the
 same files and numbers on any machine; only the recorded timings differ.
+
+**Scaling out.** The hot loops run on every device (:mod:`enflens.parallel`). In a multi-process
+run every process runs every stage; process 0 alone decides whether a cache entry exists (so all
+take the same branch), writes the stage's files, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from enflens import data
+from enflens import data, parallel
 from enflens.checkpoint import read_decoder_meta, tree_hash
 from enflens.classify import registry, train
 from enflens.config import from_dict
@@ -133,7 +137,7 @@ def dataset(
         :class:`DatasetStage`.
     """
     path, key = dataset_path(recipe, n_train, n_val, n_test, seed)
-    cached = is_cached(path)
+    cached = parallel.agree(is_cached(path))  # every process takes process 0's branch
     seconds = 0.0
     if not cached:
         if not generate:
@@ -144,11 +148,13 @@ def dataset(
         t0 = time.perf_counter()
         # force: a file here that the cache does not vouch for (no record, or newer than its
         # record) is left over from an interrupted or foreign run and is replaced
-        data.generate(
-            recipe, n_train, seed, path, workers=workers, n_val=n_val, n_test=n_test,
-            progress=progress, force=True,
-        )  # fmt: skip
-        record_params(path, key)
+        if parallel.is_main_process():
+            data.generate(
+                recipe, n_train, seed, path, workers=workers, n_val=n_val, n_test=n_test,
+                progress=progress, force=True,
+            )  # fmt: skip
+            record_params(path, key)
+        parallel.barrier(f"dataset {path.name}")
         seconds = time.perf_counter() - t0
     splits = {s: data.load(path, s, recipe=recipe, verify=True) for s in data.SPLITS}
     return DatasetStage(path=path, splits=splits, cached=cached, seconds=seconds)
@@ -240,7 +246,7 @@ def decoder(
         meta_config=dataclasses.asdict(cfg),
     )  # fmt: skip
     path = stage_path("checkpoints", f"{kind}_decoder", key)
-    cached = is_cached(path)
+    cached = parallel.agree(is_cached(path))
     if not cached:
         t0 = time.perf_counter()
         result = outer.meta_train(
@@ -256,8 +262,10 @@ def decoder(
             "train_seconds": seconds,
             "outer_steps": cfg.num_steps,
         }
-        adapters.save_trained(path, adapter, result.state.params, ds.image_shape, extra)
-        record_params(path, key)
+        if parallel.is_main_process():  # every process trained; process 0 writes
+            adapters.save_trained(path, adapter, result.state.params, ds.image_shape, extra)
+            record_params(path, key)
+        parallel.barrier(f"decoder {path.name}")
     loaded, params, meta_out = adapters.load_trained(path)
     return DecoderStage(kind, path, loaded, params, meta_out, cached)
 
@@ -306,7 +314,7 @@ def latent_stores(
         key = stage_key("latents", decoder_hash=dec.meta["hash"], dataset=ds.path.name,
                         split=split, **settings)  # fmt: skip
         path = stage_path("data", f"latents_{dec.kind}_{split}", key, ".h5")
-        cached[split] = is_cached(path)
+        cached[split] = parallel.agree(is_cached(path))
         seconds[split] = 0.0
         if not cached[split]:
             t0 = time.perf_counter()
@@ -317,7 +325,8 @@ def latent_stores(
                 sampling=sampling, batch_size=batch_size, seed=seed, progress=progress,
                 extra_attrs={"dataset": ds.path.name, "split": split, "batch_size": batch_size},
             )  # fmt: skip
-            record_params(path, key)
+            if parallel.is_main_process():
+                record_params(path, key)
             seconds[split] = time.perf_counter() - t0
         store = read_latent_store(path, expected_hash=dec.meta["hash"], expected_kind=dec.kind)
         if not np.array_equal(store.labels, d.labels):
@@ -612,7 +621,7 @@ def classifier(
     )  # fmt: skip
     kind = registry.input_kind(name)
     model = registry.build_model(name, x_tr, model_cfg or {}, seed)
-    cached = _run_complete(run_dir)
+    cached = parallel.agree(_run_complete(run_dir))
     if cached:
         train.restore_checkpoint(model, run_dir)
         model.eval()
@@ -623,16 +632,19 @@ def classifier(
         cfg = from_dict(train.TrainConfig, {**train_cfg, "seed": seed, "progress": progress},
                         "train_cfg")  # fmt: skip
         hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), cfg, augment=augment)
-        train.save_checkpoint(model, run_dir)
-        write_json(run_dir / "history.json", hist)
-        write_json(run_dir / "params.json", key)  # written last: marks the run complete
+        if parallel.is_main_process():
+            train.save_checkpoint(model, run_dir)
+            write_json(run_dir / "history.json", hist)
+            write_json(run_dir / "params.json", key)  # written last: marks the run complete
+        parallel.barrier(f"classifier {run_dir.name}")
     x_te, y_te = inputs.split(name, "test")
     test_file = run_dir / f"test-{tree_hash((x_te, np.asarray(y_te, np.int64)))}.json"
-    if test_file.is_file():  # this model on these test inputs was evaluated before
+    if parallel.agree(test_file.is_file()):  # this model on these inputs was evaluated before
         test = json.loads(test_file.read_text())
     else:
         test = metrics.evaluate(model, x_te, y_te)
-        write_json(test_file, test)
+        if parallel.is_main_process():
+            write_json(test_file, test)
     return ClassifierStage(name, model, hist, test, run_dir, key, cached, len(y_tr))
 
 
