@@ -321,7 +321,8 @@ results = {
     "train_seconds": {k: d.meta["train_seconds"] for k, d in decs.items()},
     "outer_steps_per_second": {k: d.meta["outer_steps"] / d.meta["train_seconds"]
                                for k, d in decs.items()},  # fmt: skip
-    "encode_seconds": {k: sum(v.seconds.values()) for k, v in lat.items()},
+    # what writing the stores cost (recorded with each store, so also when it was reused here)
+    "encode_seconds": {k: v.total_encode_seconds for k, v in lat.items()},
     "fit_images_per_second": fit_ips,
     "latent_floats": {k: d.latent_floats for k, d in decs.items()},
     "decoder_params": {k: d.num_params for k, d in decs.items()},

@@ -91,12 +91,18 @@ REFIT_IMAGES = 240  # test images (stratified) whose rotated versions are re-enc
 INVARIANCE_IMAGES = 256  # test latents for the invariance error (rotations about the centre)
 
 # %%
+import json
 import time
 
 from enflens.classify import registry
 from enflens.study import plots, stages
 from enflens.study.classifiers import read_meta_learning
-from enflens.study.report import PUBLISHED_ANCHORS, results_table
+from enflens.study.report import (
+    PUBLISHED_ANCHORS,
+    pipeline_costs,
+    pipeline_costs_table,
+    results_table,
+)
 from enflens.study.results import repo_path, save_results, savefig
 
 T_START = time.perf_counter()
@@ -252,6 +258,20 @@ if ponita and resnet:
     )
 
 # %% [markdown]
+# ## Whole-pipeline cost
+#
+# Classifier wall time is not the whole bill. A latent classifier also pays for its field: the
+# meta-learning of the decoder (notebook 03) and the encoding of every split into latents. The
+# three ENF classifiers share one decoder and one set of latent stores, so each of their rows
+# shows the full cost of the route, not a share; the image CNNs pay only for their own
+# training. Timings, in seconds on the machine of this run (`report.pipeline_costs`).
+
+# %%
+costs = pipeline_costs(json.loads(repo_path("results", PROFILE, "03_meta_learning.json")
+                                  .read_text()), summaries)  # fmt: skip
+print(pipeline_costs_table(costs, summaries))
+
+# %% [markdown]
 # For context, published numbers on DeepLenseSim Model II (other images of the same recipe,
 # full 30k-per-class training sets, GPU training, 128 px upsampling, and a "best epoch" chosen
 # on the test set; see `RECIPES.md`, section 1). They are not a comparison on identical data
@@ -277,7 +297,7 @@ results = {
     "train_configs": {name: run.key["train_cfg"] for name, run in runs.items()},
     "model_configs": MODEL_CONFIGS,
     "augment": {k: registry.augment_settings(k, AUGMENT.get(k)) for k in kinds},
-    "rotation": rot.summary(), "models": summaries,
+    "rotation": rot.summary(), "models": summaries, "pipeline_costs": costs,
     "notebook_seconds": time.perf_counter() - T_START,
 }  # fmt: skip
 print(save_results("05_classifiers", PROFILE, results))

@@ -86,6 +86,14 @@ print("notebook wall times (s):", collected["notebook_seconds"])
 print(report.results_table(models))
 
 # %% [markdown]
+# **What each route cost**, in seconds on the machine of this run: the field's meta-learning and
+# the encoding of every split (paid once, shared by the three ENF classifiers: each row shows the
+# full route) and the classifier's own training. The image CNNs pay only for their training.
+
+# %%
+print(report.pipeline_costs_table(report.pipeline_costs(r03, models), models))
+
+# %% [markdown]
 # **Published anchors**: numbers reported by other work on the same simulation recipe
 # (DeepLenseSim Model II), **not on these images**: they trained on 30,000 images per class on a
 # GPU, upsampled to 128 px and picked the best epoch on the test set (`RECIPES.md`, section 1).

@@ -4,7 +4,9 @@ Each stage (dataset, decoder checkpoint, latent store, classifier checkpoint) is
 whose name carries a hash of the parameters that produce it, e.g. ``data/model_ii-3f2a9c1b.h5``.
 A rerun with the same parameters finds the file and skips the work; a change of any parameter
 (including an upstream stage's hash, which callers include in ``params``) gives a new path and
-recomputes. A sidecar ``<path>.params.json`` records the parameters for humans.
+recomputes. A sidecar ``<path>.params.json`` records the parameters for humans; a stage may also
+record the wall time it took in ``<path>.seconds.json`` (a timing, never part of a key), so that
+a run which reuses the output can still report what producing it cost.
 """
 
 from __future__ import annotations
@@ -54,10 +56,39 @@ def _mtime_ns(path: Path) -> int:
     return max([path.stat().st_mtime_ns, *(p.stat().st_mtime_ns for p in path.rglob("*"))])
 
 
+def record_seconds(path: str | Path, seconds: float) -> Path:
+    """Write the wall time that produced ``path`` to ``<path>.seconds.json``.
+
+    Call it before :func:`record_params`, which marks the output complete.
+    """
+    path = Path(path)
+    return write_json(path.with_name(path.name + ".seconds.json"), {"seconds": float(seconds)})
+
+
+def recorded_seconds(path: str | Path) -> float | None:
+    """The wall time recorded by :func:`record_seconds` for ``path``; None if none was recorded.
+
+    Raises:
+        ValueError: the record exists but is not ``{"seconds": <number>}``.
+    """
+    path = Path(path)
+    side = path.with_name(path.name + ".seconds.json")
+    if not side.exists():
+        return None
+    try:
+        value = json.loads(side.read_text())["seconds"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{side}: not a timing record {{\"seconds\": <number>}} ({e})") from e
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{side}: 'seconds' must be a number, got {value!r}")
+    return float(value)
+
+
 def forget(path: str | Path) -> None:
     """Remove the parameter record of ``path``, so :func:`is_cached` is false until re-recorded.
 
     Called before a stage output is replaced (e.g. ``generate --force``).
     """
     path = Path(path)
-    path.with_name(path.name + ".params.json").unlink(missing_ok=True)
+    for record in (".params.json", ".seconds.json"):
+        path.with_name(path.name + record).unlink(missing_ok=True)

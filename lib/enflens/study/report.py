@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from enflens.classify.registry import input_kind
 from enflens.io import repo_path
 from enflens.study.results import PROMISED_KEYS
 
@@ -149,5 +150,70 @@ def results_table(models: dict[str, dict[str, Any]]) -> str:
         f"{f(r.get('invariance_error'), '.1e')} | {r['n_params']:,} | {r['steps']} | "
         f"{r['best_step']} | {f(r['train_seconds'], '.0f')} |"
         for name, r in models.items()
+    ]
+    return head + "\n".join(rows)
+
+
+def pipeline_costs(meta03: dict[str, Any], models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Wall time of each model's whole route: field meta-learning, encoding, classifier training.
+
+    A latent classifier pays for its field: the meta-learning of the decoder (notebook 03's
+    ``train_seconds[kind]``) and the encoding of the train, validation and test splits into
+    latent stores (``encode_seconds[kind]``, recorded with the stores, so also known when they
+    were reused). The three ENF classifiers share one decoder and one set of stores, so each row
+    shows the full cost of its route, not a share. The image CNNs pay only for their training.
+    All values are timings (seconds on the machine that produced them).
+
+    Args:
+        meta03: notebook 03's results (``results/<profile>/03_meta_learning.json``).
+        models: model name -> results record (:func:`model_entry`; ``train_seconds`` used).
+
+    Returns:
+        model name -> ``{"meta_learning_s", "encoding_s", "classifier_s", "total_s"}``; a
+        field cost that was not recorded is None, and so is the total.
+
+    Raises:
+        KeyError: ``meta03`` lacks the field of a latent model (naming model and field).
+    """
+    out: dict[str, Any] = {}
+    for name, record in models.items():
+        kind = input_kind(name)
+        if kind == "image":
+            meta_s, enc_s = 0.0, 0.0
+        else:
+            try:
+                meta_s = meta03["train_seconds"][kind]
+                enc_s = meta03["encode_seconds"][kind]
+            except KeyError as e:
+                raise KeyError(
+                    f"pipeline_costs: notebook 03 results lack {e} for model {name!r} "
+                    f"(field {kind!r}); rerun notebook 03"
+                ) from None
+        clf_s = float(record["train_seconds"])
+        parts = [meta_s, enc_s, clf_s]
+        out[name] = {
+            "meta_learning_s": meta_s,
+            "encoding_s": enc_s,
+            "classifier_s": clf_s,
+            "total_s": None if None in parts else float(sum(parts)),
+        }
+    return out
+
+
+def pipeline_costs_table(costs: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of :func:`pipeline_costs` next to each model's test accuracy and steps."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    head = (
+        "| model | test accuracy | classifier steps | meta-learning s | encoding s | "
+        "classifier s | total s |\n|---|---|---|---|---|---|---|\n"
+    )
+    rows = [
+        f"| {name} | {models[name]['accuracy']:.4f} | {models[name]['steps']} | "
+        f"{f(c['meta_learning_s'])} | {f(c['encoding_s'])} | {f(c['classifier_s'])} | "
+        f"{f(c['total_s'])} |"
+        for name, c in costs.items()
     ]
     return head + "\n".join(rows)

@@ -52,6 +52,6 @@ PROMISED_KEYS: dict[str, tuple[str, ...]] = {
         "ablation",
     ),
     "04_latent_visualization": ("end_to_end", "latent_motion"),
-    "05_classifiers": ("models",),
+    "05_classifiers": ("models", "pipeline_costs"),
     "06_results": ("profile", "package_versions", "jax_devices", "notebook_seconds"),
 }

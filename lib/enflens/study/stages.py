@@ -45,7 +45,14 @@ from enflens.metalearn.latent_store import LatentStore, read_latent_store
 from enflens.nn import count_params
 from enflens.study import classifiers as study_clf
 from enflens.study import report
-from enflens.study.cache import is_cached, param_hash, record_params, stage_path
+from enflens.study.cache import (
+    is_cached,
+    param_hash,
+    record_params,
+    record_seconds,
+    recorded_seconds,
+    stage_path,
+)
 
 #: Code version of every stage: bump a stage's number whenever a code change alters its output,
 #: so that its cache entries (and those of every stage downstream) are recomputed.
@@ -280,12 +287,22 @@ class LatentStages:
     Attributes:
         paths: split -> store path; stores: split -> :class:`LatentStore`.
         cached: split -> True when reused; seconds: split -> encoding wall time (0 if cached).
+        encode_seconds: split -> wall time of the run that wrote the store (this run's when it
+            encoded, the recorded one when it reused the store; None for a store written
+            before timings were recorded).
     """
 
     paths: dict[str, Path]
     stores: dict[str, LatentStore]
     cached: dict[str, bool]
     seconds: dict[str, float]
+    encode_seconds: dict[str, float | None]
+
+    @property
+    def total_encode_seconds(self) -> float | None:
+        """Wall time of writing every split's store; None if a store has no recorded time."""
+        times = list(self.encode_seconds.values())
+        return None if any(t is None for t in times) else float(sum(times))
 
 
 def latent_stores(
@@ -309,7 +326,7 @@ def latent_stores(
     """
     settings = {"steps": steps, "pixels": pixels, "sampling": sampling,
                 "batch_size": batch_size, "seed": seed}  # fmt: skip
-    paths, stores, cached, seconds = {}, {}, {}, {}
+    paths, stores, cached, seconds, encode_seconds = {}, {}, {}, {}, {}
     for split, d in ds.splits.items():
         key = stage_key("latents", decoder_hash=dec.meta["hash"], dataset=ds.path.name,
                         split=split, **settings)  # fmt: skip
@@ -325,14 +342,16 @@ def latent_stores(
                 sampling=sampling, batch_size=batch_size, seed=seed, progress=progress,
                 extra_attrs={"dataset": ds.path.name, "split": split, "batch_size": batch_size},
             )  # fmt: skip
-            if parallel.is_main_process():
-                record_params(path, key)
             seconds[split] = time.perf_counter() - t0
+            if parallel.is_main_process():
+                record_seconds(path, seconds[split])
+                record_params(path, key)
+        encode_seconds[split] = recorded_seconds(path) if cached[split] else seconds[split]
         store = read_latent_store(path, expected_hash=dec.meta["hash"], expected_kind=dec.kind)
         if not np.array_equal(store.labels, d.labels):
             raise ValueError(f"latent store {path} does not match the labels of split {split!r}")
         paths[split], stores[split] = path, store
-    return LatentStages(paths, stores, cached, seconds)
+    return LatentStages(paths, stores, cached, seconds, encode_seconds)
 
 
 def fit_throughput(
