@@ -23,3 +23,25 @@ def test_collect_reads_every_notebook_and_names_missing_file(tmp_path):
     (tmp_path / "03_meta_learning.json").write_text("{not json")
     with pytest.raises(ValueError, match="03_meta_learning.json"):
         report.collect("smoke", tmp_path)
+
+
+def _record(seconds, accuracy=0.5, steps=10):
+    return {"train_seconds": seconds, "accuracy": accuracy, "steps": steps}
+
+
+def test_pipeline_costs_charge_latent_routes_for_their_field_and_cnns_only_for_training():
+    meta03 = {"train_seconds": {"enf": 100.0, "cnf": 50.0},
+              "encode_seconds": {"enf": 20.0, "cnf": None}}  # fmt: skip
+    models = {"enf_ponita": _record(30.0), "enf_mlp": _record(5.0), "cnf_mlp": _record(4.0),
+              "resnet18": _record(200.0)}  # fmt: skip
+    costs = report.pipeline_costs(meta03, models)
+    assert costs["enf_ponita"] == {"meta_learning_s": 100.0, "encoding_s": 20.0,
+                                   "classifier_s": 30.0, "total_s": 150.0}  # fmt: skip
+    assert costs["enf_mlp"]["total_s"] == 125.0  # the shared field is charged to every route
+    assert costs["cnf_mlp"]["encoding_s"] is None and costs["cnf_mlp"]["total_s"] is None
+    assert costs["resnet18"] == {"meta_learning_s": 0.0, "encoding_s": 0.0,
+                                 "classifier_s": 200.0, "total_s": 200.0}  # fmt: skip
+    table = report.pipeline_costs_table(costs, models)
+    assert table.count("\n") == 1 + len(models) and "| cnf_mlp | 0.5000 | 10 | 50 | - |" in table
+    with pytest.raises(KeyError, match="enf_mlp.*enf"):
+        report.pipeline_costs({"train_seconds": {}, "encode_seconds": {}}, {"enf_mlp": _record(1)})

@@ -64,6 +64,22 @@ def test_is_cached_needs_the_output_and_its_parameter_record(tmp_path):
     assert cache.is_cached(out)
 
 
+def test_recorded_seconds_round_trip_and_refuse_a_malformed_record(tmp_path):
+    out = tmp_path / "x.h5"
+    out.write_bytes(b"1")
+    assert cache.recorded_seconds(out) is None  # written before timings were recorded
+    cache.record_seconds(out, 12.5)
+    assert cache.recorded_seconds(out) == 12.5
+    side = tmp_path / "x.h5.seconds.json"
+    for bad in ("{not json", '{"s": 1}', '{"seconds": "fast"}', "[1]"):
+        side.write_text(bad)
+        with pytest.raises(ValueError, match="x.h5.seconds.json"):
+            cache.recorded_seconds(out)
+    cache.record_params(out, {"a": 1})
+    cache.forget(out)
+    assert not side.exists() and not cache.is_cached(out)
+
+
 def _decoder(ds, kind="enf", **meta):
     adapter = stages.field_adapter(kind, **FIELDS)
     return stages.decoder(kind, ds, adapter=adapter, meta={**META, **meta}, seed=0,
@@ -112,6 +128,11 @@ def test_latent_stores_encode_every_split_then_restore(ds, enf):
         assert store.latents.positions.shape == (len(ds.splits[split]), 4, 2)
     again = stages.latent_stores(enf, ds, **FIT, progress=False)
     assert all(again.cached.values()) and again.paths == lat.paths
+    # a reused store reports the encoding time recorded when it was written, not 0
+    assert all(s == 0.0 for s in again.seconds.values())
+    assert again.encode_seconds == lat.encode_seconds == lat.seconds
+    assert again.total_encode_seconds == pytest.approx(sum(lat.seconds.values()))
+    assert all(s > 0 for s in lat.seconds.values())
     other = stages.latent_stores(enf, ds, **{**FIT, "seed": 1}, progress=False)
     assert other.paths["val"] != lat.paths["val"]
     # the reconstruction helper reproduces the stored fit of the first encoding batch
