@@ -41,17 +41,18 @@ DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 DE_MODELS = ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp", "resnet18", "c8_gcnn"]
 DE_FRACTIONS = [0.01, 0.1, 1.0]  # fractions of the training split (1.0 reuses notebook 05)
-# Optimiser steps of every run on a fraction below 1 (batch 64): an eighth of notebook 05's
-# steps, ~30 s each for the four large models at notebook 05's step times, ~2 s for the MLPs
-# (~4.5 min for the 12 runs); plus one compilation per model, one validation per run and the
-# test evaluations (the CNNs' ~10-15 ms per image dominate).
+# Optimiser steps of every run on a fraction below 1 (batch 64), on notebook 05's rule of
+# equal wall time: ~45 s of training steps for every model at notebook 05's step times
+# (220 x 0.2 s, 420 x 0.11 s, 20 x 2.1 s, 30 x 1.45 s, 15,000 x 3 ms; ~9 min for the 12 runs);
+# plus one compilation per model, one validation per run and the test evaluations (the CNNs'
+# ~10-15 ms per image dominate).
 DE_STEPS = {
-    "enf_mlp": 500,
-    "enf_ponita": 300,
-    "enf_transformer": 300,
-    "cnf_mlp": 500,
-    "resnet18": 24,
-    "c8_gcnn": 32,
+    "enf_mlp": 15000,
+    "enf_ponita": 220,
+    "enf_transformer": 420,
+    "cnf_mlp": 15000,
+    "resnet18": 20,
+    "c8_gcnn": 30,
 }
 DE_EVALUATIONS = 1  # validations per run on a fraction below 1 (evenly spaced, the last at the end)
 

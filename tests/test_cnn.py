@@ -192,7 +192,14 @@ def test_default_parameter_counts():
     print(f"params: resnet18 {n_res:,}  c8_gcnn {n_c8:,}")
     # torchvision resnet18 (11,689,512) with a 1-channel 3x3 stem and a 3-class head
     assert n_res == 11_689_512 - 9408 - 513_000 + 576 + 1539
-    assert n_c8 == 64_979
+    # C8 (8, 16, 32, 32), layers (1, 1, 2, 2): a 5x5 lifting filter per channel, then group
+    # convolutions with cin x 8 x cout 3x3 filters, a bias and BatchNorm (2 cout) per layer
+    def layer(cin, cout, taps):
+        return cin * cout * taps + cout + 2 * cout
+
+    convs = [(8, 16), (16, 32), (32, 32), (32, 32), (32, 32)]
+    expected = layer(1, 8, 25) + sum(layer(a * 8, b, 9) for a, b in convs) + 32 * 3 + 3
+    assert n_c8 == expected == 268_019
 
 
 @pytest.mark.parametrize(

@@ -35,12 +35,13 @@ def test_pipeline_costs_charge_latent_routes_for_their_field_and_cnns_only_for_t
     models = {"enf_ponita": _record(30.0), "enf_mlp": _record(5.0), "cnf_mlp": _record(4.0),
               "resnet18": _record(200.0)}  # fmt: skip
     costs = report.pipeline_costs(meta03, models)
-    assert costs["enf_ponita"] == {"meta_learning_s": 100.0, "encoding_s": 20.0,
-                                   "classifier_s": 30.0, "total_s": 150.0}  # fmt: skip
-    assert costs["enf_mlp"]["total_s"] == 125.0  # the shared field is charged to every route
-    assert costs["cnf_mlp"]["encoding_s"] is None and costs["cnf_mlp"]["total_s"] is None
-    assert costs["resnet18"] == {"meta_learning_s": 0.0, "encoding_s": 0.0,
-                                 "classifier_s": 200.0, "total_s": 200.0}  # fmt: skip
+    assert costs["enf_ponita"] == {"meta_learning_seconds": 100.0, "encoding_seconds": 20.0,
+                                   "classifier_seconds": 30.0, "total_seconds": 150.0}  # fmt: skip
+    assert costs["enf_mlp"]["total_seconds"] == 125.0  # the shared field is charged to every route
+    assert costs["cnf_mlp"]["encoding_seconds"] is None
+    assert costs["cnf_mlp"]["total_seconds"] is None
+    assert costs["resnet18"] == {"meta_learning_seconds": 0.0, "encoding_seconds": 0.0,
+                                 "classifier_seconds": 200.0, "total_seconds": 200.0}  # fmt: skip
     table = report.pipeline_costs_table(costs, models)
     assert table.count("\n") == 1 + len(models) and "| cnf_mlp | 0.5000 | 10 | 50 | - |" in table
     with pytest.raises(KeyError, match="enf_mlp.*enf"):

@@ -269,19 +269,24 @@ class C8GCNNConfig:
 
     Attributes:
         channels: channels per group element of each stage; stage s runs at resolution
-            H / 2^s (2x2 average pooling between stages).
+            H / 2^s (2x2 average pooling between stages). The default (8, 16, 32, 32) with
+            layers (1, 1, 2, 2) was chosen on the validation split: at 100 steps of batch 64
+            (lr 1e-3) it reached 0.64 validation accuracy where the earlier three-stage
+            (8, 16, 16) network stayed at chance (0.33); four stages reach a 8 x 8 map, so the
+            group pooling sees a receptive field the size of the Einstein ring.
         layers_per_stage: convolutions per stage (one number per stage, or one int for all);
             the first layer of stage 0 is the lifting convolution. None (default) means 1 for
-            stage 0 and 2 for every later stage: only the lifting layer runs at full
-            resolution, since a group convolution with 8 x 8 channels at 64 x 64 would cost
-            as much as the rest of the network.
+            the first two stages and 2 for every later stage: only the lifting layer runs at
+            full resolution and one group convolution at half resolution, since a group
+            convolution with 8 x 8 channels at 64 x 64 would cost as much as the rest of the
+            network.
         lift_kernel: lifting filter size (odd).
         kernel: group-convolution filter size (odd).
         in_channels: image channels.
         num_classes: output logits.
     """
 
-    channels: tuple[int, ...] = (8, 16, 16)
+    channels: tuple[int, ...] = (8, 16, 32, 32)
     layers_per_stage: int | tuple[int, ...] | None = None
     lift_kernel: int = 5
     kernel: int = 3
@@ -302,7 +307,7 @@ class C8GCNN(nnx.Module):
             raise ValueError("C8GCNNConfig: kernel sizes must be odd")
         layers = cfg.layers_per_stage
         if layers is None:
-            layers = (1,) + (2,) * (len(cfg.channels) - 1)
+            layers = ((1, 1) + (2,) * len(cfg.channels))[: len(cfg.channels)]
         elif isinstance(layers, int):
             layers = (layers,) * len(cfg.channels)
         layers = tuple(layers)

@@ -169,8 +169,8 @@ def pipeline_costs(meta03: dict[str, Any], models: dict[str, dict[str, Any]]) ->
         models: model name -> results record (:func:`model_entry`; ``train_seconds`` used).
 
     Returns:
-        model name -> ``{"meta_learning_s", "encoding_s", "classifier_s", "total_s"}``; a
-        field cost that was not recorded is None, and so is the total.
+        model name -> ``{"meta_learning_seconds", "encoding_seconds", "classifier_seconds",
+        "total_seconds"}``; a field cost that was not recorded is None, and so is the total.
 
     Raises:
         KeyError: ``meta03`` lacks the field of a latent model (naming model and field).
@@ -192,10 +192,10 @@ def pipeline_costs(meta03: dict[str, Any], models: dict[str, dict[str, Any]]) ->
         clf_s = float(record["train_seconds"])
         parts = [meta_s, enc_s, clf_s]
         out[name] = {
-            "meta_learning_s": meta_s,
-            "encoding_s": enc_s,
-            "classifier_s": clf_s,
-            "total_s": None if None in parts else float(sum(parts)),
+            "meta_learning_seconds": meta_s,
+            "encoding_seconds": enc_s,
+            "classifier_seconds": clf_s,
+            "total_seconds": None if None in parts else float(sum(parts)),
         }
     return out
 
@@ -212,8 +212,8 @@ def pipeline_costs_table(costs: dict[str, Any], models: dict[str, dict[str, Any]
     )
     rows = [
         f"| {name} | {models[name]['accuracy']:.4f} | {models[name]['steps']} | "
-        f"{f(c['meta_learning_s'])} | {f(c['encoding_s'])} | {f(c['classifier_s'])} | "
-        f"{f(c['total_s'])} |"
+        f"{f(c['meta_learning_seconds'])} | {f(c['encoding_seconds'])} | "
+        f"{f(c['classifier_seconds'])} | {f(c['total_seconds'])} |"
         for name, c in costs.items()
     ]
     return head + "\n".join(rows)
