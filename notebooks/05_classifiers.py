@@ -49,29 +49,28 @@ N_TEST = 1000
 DATA_SEED = 0
 WORKERS = 2  # unused here (common profile parameter)
 MODELS = ["enf_mlp", "enf_ponita", "enf_transformer", "cnf_mlp", "resnet18", "c8_gcnn"]
-# Optimiser steps per model (batch 64), chosen for equal classifier wall time. Time per
-# training step measured on the 2-core machine with the study's latents (24 latents, 33
-# features; `bench/classifiers.py` and the fit loop): enf_ponita ~0.20 s, enf_transformer
-# ~0.11 s, resnet18 ~2.1 s, c8_gcnn ~1.45 s, each MLP ~3 ms. Every model gets about 4 minutes
-# of training steps (1,150 x 0.2 s, 2,200 x 0.11 s, 100 x 2.1 s, 150 x 1.45 s, 80,000 x 3 ms);
-# validations, compilation, the test evaluation and the rotation curves come on top, and
-# the recorded `train_seconds` of each model (validations included) is what the cost table
+# Optimiser steps per model (batch 64), chosen for equal classifier wall time. Seconds per
+# step measured in a cpu-profile run on the 2-core machine, validations included (train_seconds
+# / steps): enf_ponita 0.088, enf_transformer 0.083, resnet18 1.32, c8_gcnn 0.85, enf_mlp
+# 0.0018, cnf_mlp 0.0015. Every model gets about 130 s (1,500 x 0.088, 1,600 x 0.083, 100 x
+# 1.32, 150 x 0.85, 73,000 x 0.0018, 85,000 x 0.0015); compilation, the test evaluation and the
+# rotation curves come on top. Each model's recorded `train_seconds` is what the cost table
 # compares.
 STEPS = {
-    "enf_mlp": 80000,
-    "enf_ponita": 1150,
-    "enf_transformer": 2200,
-    "cnf_mlp": 80000,
+    "enf_mlp": 73000,
+    "enf_ponita": 1500,
+    "enf_transformer": 1600,
+    "cnf_mlp": 85000,
     "resnet18": 100,
     "c8_gcnn": 150,
 }
 # steps between validations: ten per latent model, four per image CNN (one CNN validation on
 # the 900 validation images costs ~10-14 s on 2 cores)
 EVAL_EVERY = {
-    "enf_mlp": 8000,
-    "enf_ponita": 115,
-    "enf_transformer": 220,
-    "cnf_mlp": 8000,
+    "enf_mlp": 7300,
+    "enf_ponita": 150,
+    "enf_transformer": 160,
+    "cnf_mlp": 8500,
     "resnet18": 25,
     "c8_gcnn": 50,
 }
