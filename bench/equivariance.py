@@ -3,7 +3,7 @@
 Meta-trains the cpu-profile ENF (hidden 64, k = 4, second order, 3 inner steps on 256
 stratified pixels, batch 8, Adam 1e-2; ``profiles/cpu.yaml``, 03_meta_learning) for a fixed
 number of outer steps on a Model II dataset, with the start chosen by the flags (default: ring
-template 4 + 8 + 12 latents of context 33, rotated into each image's frame), then prints
+template 12 + 12 latents of context 33, rotated into each image's frame), then prints
 
 * validation PSNR after 0..3 inner steps (1024 stratified pixels per step, as the study encodes)
   against the noisy images and against the noise-free renders;
@@ -70,8 +70,8 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/equiv_data.h5")
     ap.add_argument("--steps", type=int, default=1100, help="outer steps")
     ap.add_argument("--template", choices=["rings", "grid"], default="rings")
-    ap.add_argument("--ring-counts", type=int, nargs="+", default=[4, 8, 12])
-    ap.add_argument("--ring-radii", type=float, nargs="+", default=[0.2, 0.42, 0.66])
+    ap.add_argument("--ring-counts", type=int, nargs="+", default=[12, 12])
+    ap.add_argument("--ring-radii", type=float, nargs="+", default=[0.32, 0.48])
     ap.add_argument("--latent-dim", type=int, default=33)
     ap.add_argument("--no-equivariant-start", dest="equivariant_start", action="store_false")
     ap.add_argument("--lr-positions", type=float, default=1.0)

@@ -158,6 +158,9 @@ def test_ablation_rows_reuse_the_study_decoder_and_change_one_thing(ds, enf):
     assert study["cached"] and study["outer_steps"] == 3  # the study's own decoder, restored
     assert not changed["cached"] and changed["decoder_params"] > study["decoder_params"]
     assert len(study["psnr_clean"]) == FIT["steps"] + 1 and study["ms_per_outer_step"] > 0
+    # the adapted fit is the one psnr_clean scores; frozen poses give a different fit
+    assert study["psnr_adapted_poses"] == pytest.approx(study["psnr_clean"][-1], abs=1e-3)
+    assert study["pose_motion_px"] > 0 and study["psnr_frozen_poses"] != study["psnr_clean"][-1]
     with pytest.raises(ValueError, match="unknown keys"):
         stages.ablation(ds, {"bad": {"enf": {}}}, field_cfg=FIELDS, meta=META, steps=3, seed=0,
                         clean=clean, fit=FIT)  # fmt: skip

@@ -122,8 +122,8 @@ class ENFConfig:
     context_init: float = 0.0
     # equivariant start (issue 12): the latent template; "grid" is the original behaviour
     template: Literal["grid", "rings"] = "grid"
-    ring_counts: tuple[int, ...] = (4, 8, 12)
-    ring_radii: tuple[float, ...] = (0.2, 0.42, 0.66)
+    ring_counts: tuple[int, ...] = (12, 12)
+    ring_radii: tuple[float, ...] = (0.32, 0.48)
     # reconstruction quality (issue 13); the defaults are the original decoder
     value_mlp: bool = False
     learn_rff: bool = False

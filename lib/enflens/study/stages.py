@@ -35,7 +35,7 @@ from enflens import data, parallel
 from enflens.checkpoint import read_decoder_meta, tree_hash
 from enflens.classify import registry, train
 from enflens.config import from_dict
-from enflens.evaluate import metrics, reconstruction, rotation
+from enflens.evaluate import equivariance, metrics, reconstruction, rotation
 from enflens.fields import adapters
 from enflens.fields.cnf import CNFConfig
 from enflens.fields.enf import ENFConfig
@@ -430,9 +430,12 @@ def ablation(
 
     Returns:
         One dict per row: ``name``, ``kind``, ``psnr_clean`` (mean PSNR against the noise-free
-        renders after 0..K inner steps), ``decoder_params``, ``latent_floats``,
-        ``outer_steps``, ``ms_per_outer_step`` (a timing), ``cached``. Every decoder is a
-        :func:`decoder` stage, so a rerun restores it.
+        renders after 0..K inner steps), ``decoder_params``, ``latent_floats``, ``outer_steps``,
+        ``ms_per_outer_step`` (a timing), ``cached``; ENF rows add ``pose_motion_px`` (median latent
+        displacement over the inner steps) and ``psnr_frozen_poses`` / ``psnr_adapted_poses`` (the
+        same fit with poses frozen at their start / adapted, against the noise-free renders), from
+        :func:`enflens.evaluate.equivariance.latent_motion`. Every decoder is a :func:`decoder`
+        stage, so a rerun restores it.
     """
     known = {"kind", "enf_config", "enf_adapter", "cnf_config", "meta"}
     noisy = ds.splits["val"].images[: len(clean)]
@@ -449,12 +452,22 @@ def ablation(
                       eval_images=eval_images, progress=progress)  # fmt: skip
         rec = reconstruction.noise_free_psnr(dec.adapter, dec.params, ds.path, "val", noisy,
                                              clean=clean, **fit)  # fmt: skip
-        out.append({
+        row = {
             "name": name, "kind": kind, "psnr_clean": rec.clean.mean(1).tolist(),
             "decoder_params": dec.num_params, "latent_floats": dec.latent_floats,
             "outer_steps": dec.meta["outer_steps"],
             "ms_per_outer_step": outer_step_ms(dec.meta["history"]), "cached": dec.cached,
-        })  # fmt: skip
+        }  # fmt: skip
+        if kind == "enf":
+            mo = equivariance.latent_motion(
+                dec.adapter, dec.params, noisy, steps=fit["steps"], pixels=fit["pixels"],
+                sampling=fit["sampling"], batch_size=fit["batch_size"], seed=fit["seed"],
+                targets=clean,
+            )  # fmt: skip
+            row["pose_motion_px"] = mo["median_position_px"]
+            row["psnr_frozen_poses"] = mo["psnr_frozen_poses_db"]
+            row["psnr_adapted_poses"] = mo["psnr_adapted_poses_db"]
+        out.append(row)
     return out
 
 
