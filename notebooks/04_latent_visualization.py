@@ -100,7 +100,7 @@ print(f"encoding: {settings}, batch {BS}; val store {lat_val.positions.shape[0]}
 # ## The clouds over their images
 #
 # `N_SHOW` validation images per class with their stored latents (title: the PSNR of the fit).
-# Every fit starts from the same three rings of latents about the lens centre, rotated into the
+# Every fit starts from the same two rings of latents about the lens centre, rotated into the
 # image's own frame (notebook 03); the inner steps then move each latent towards the light it
 # explains.
 

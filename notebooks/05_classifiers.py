@@ -276,7 +276,7 @@ print(pipeline_costs_table(costs, summaries))
 # %% [markdown]
 # For context, published numbers on DeepLenseSim Model II (other images of the same recipe,
 # full 30k-per-class training sets, GPU training, 128 px upsampling, and a "best epoch" chosen
-# on the test set; see `RECIPES.md`, section 1). They are not a comparison on identical data
+# on the test set; see `docs/references.md`, section 1). They are not a comparison on identical data
 # or compute; the profile's budgets above are far smaller.
 
 # %%

@@ -98,9 +98,9 @@ print(report.pipeline_costs_table(report.pipeline_costs(r03, models), models))
 # %% [markdown]
 # **Published anchors**: numbers reported by other work on the same simulation recipe
 # (DeepLenseSim Model II), **not on these images**: they trained on 30,000 images per class on a
-# GPU, upsampled to 128 px and picked the best epoch on the test set (`RECIPES.md`, section 1).
-# They show where full-scale training ends up; the `cpu` profile trains on a tenth of the data
-# for minutes, so its numbers are below them by construction.
+# GPU, upsampled to 128 px and picked the best epoch on the test set (`docs/references.md`,
+# section 1). They show where full-scale training ends up; the `cpu` profile trains on a tenth of
+# the data for minutes, so its numbers are below them by construction.
 
 # %%
 n_train = r01["n_images"]["train"]
