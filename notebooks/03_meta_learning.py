@@ -59,12 +59,12 @@
 # $90°$ rotations; only the template is rotated, never the image, so nothing is resampled. What
 # is meta-learned is the decoder, the inner rates and one context vector shared by all latents.
 # Exact: rotations by multiples of $90°$. Approximate: other angles (the rotated image is a
-# bilinear resampling; sums over a pixel grid do not rotate), pixel subsets (the subsets of an
-# image and of its rotation are different samples), weak dipoles (branch switching). The inner
-# loss counts only the pixels inside the unit disk, a rotation-invariant support; the square's
-# corners are not. To make the poses carry information, the learned position rate is bounded
-# below and one inner step moves a latent at most 2 px and $5°$
-# (`docs/equivariant_start.md`).
+# resampling, by three Fourier shears that keep the pixel noise; sums over a pixel grid do not
+# rotate), pixel subsets (the subsets of an image and of its rotation are different samples),
+# weak dipoles (branch switching). The inner loss counts only the pixels inside the unit disk,
+# a rotation-invariant support; the square's corners are not. To make the poses carry
+# information, the learned position rate is bounded below and one inner step moves a latent at
+# most 2 px and $5°$ (`docs/equivariant_start.md`).
 #
 # **The baseline** is a Functa-style conditional neural field (`enflens.fields.cnf`): a SIREN whose
 # layers are shifted by a linear function of one global latent *vector*, fitted by the same

@@ -153,7 +153,8 @@ print(json.dumps(motion, indent=1))
 # of the contexts and the PSNR of the refit. The **control** is the same decoder fitted from the
 # fixed, unrotated start (matched to the nearest latent, the kinder choice for it). What
 # remains of the error with the equivariant start is approximate by nature: the rotated image
-# is a bilinear resampling, and sums over a pixel grid do not rotate with the image.
+# is a resampling (three Fourier shears, `enflens.grid.rotate_images`), and sums over a pixel
+# grid do not rotate with the image.
 
 # %%
 angles = np.random.default_rng(SEED).uniform(0.0, 2 * np.pi, n_pose)

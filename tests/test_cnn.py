@@ -13,7 +13,7 @@ from enflens.nn import count_params
 
 
 def rotation_error(model, images, angle):
-    """max |l(R x) - l(x)| / max |l(x)| of the logits l under the bilinear image rotation R."""
+    """max |l(R x) - l(x)| / max |l(x)| of the logits l under the image rotation R (Fourier)."""
     base = predict(model, images)
     rotated = predict(model, np.asarray(rotate_images(images, angle)))
     return float(np.abs(rotated - base).max() / np.abs(base).max())
@@ -64,10 +64,11 @@ def test_rotate_images_conventions():
     rng = np.random.default_rng(0)
     img = rng.random((3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(rotate_images(img, 0.0), img, atol=1e-6)
-    # +90 degrees: bilinear rotation equals the exact rot90 (float rounding only)
-    np.testing.assert_allclose(
-        rotate_images(img, np.pi / 2), rot90_images(img, 1), atol=1e-5
-    )
+    # +90 degrees: either rotation equals the exact rot90 (float rounding only)
+    for method in ("fourier", "bilinear"):
+        np.testing.assert_allclose(
+            rotate_images(img, np.pi / 2, method=method), rot90_images(img, 1), atol=1e-5
+        )
     # counter-clockwise in (x, y): a pixel at (x>0, y~0) moves to (x~0, y>0), i.e. a high row
     a = np.zeros((1, 8, 8), np.float32)
     a[0, 3, 7] = 1.0  # x = +0.875, y = -0.125
@@ -83,10 +84,59 @@ def test_rotate_images_conventions():
     blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / s**2)[None].astype(np.float32)
     x1, y1 = np.cos(th) * x0 - np.sin(th) * y0, np.sin(th) * x0 + np.cos(th) * y0
     expected = np.exp(-((xx - x1) ** 2 + (yy - y1) ** 2) / s**2)
-    err = np.abs(np.asarray(rotate_images(blob, th))[0] - expected).max()
-    assert err < 0.04  # bilinear interpolation error only
-    # wrong sense (negative control for the convention)
-    assert np.abs(np.asarray(rotate_images(blob, -th))[0] - expected).max() > 0.5
+    for method, tol in (("fourier", 0.04), ("bilinear", 0.04)):
+        err = np.abs(np.asarray(rotate_images(blob, th, method=method))[0] - expected).max()
+        assert err < tol, (method, err)  # interpolation error only
+        # wrong sense (negative control for the convention)
+        wrong = np.asarray(rotate_images(blob, -th, method=method))[0]
+        assert np.abs(wrong - expected).max() > 0.5
+
+
+def _blob(size, x0, y0, s):
+    c = -1 + (2 * np.arange(size) + 1) / size
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    return np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s**2)).astype(np.float32)
+
+
+def test_fourier_rotation_is_exact_for_band_limited_content_and_bilinear_is_not():
+    rng = np.random.default_rng(7)
+    x0, y0, s = 0.35, -0.15, 0.08  # ~2.6 px wide: band-limited at 64 px, like a lensed arc
+    img = _blob(64, x0, y0, s)[None]
+    for th in rng.uniform(-np.pi, np.pi, 4):
+        x1, y1 = np.cos(th) * x0 - np.sin(th) * y0, np.sin(th) * x0 + np.cos(th) * y0
+        expected = _blob(64, x1, y1, s)
+        fourier = np.abs(np.asarray(rotate_images(img, th))[0] - expected).max()
+        bilinear = np.abs(np.asarray(rotate_images(img, th, method="bilinear"))[0] - expected)
+        assert fourier < 1e-5, (th, fourier)
+        assert bilinear.max() > 1e-2, (th, bilinear.max())  # the control fails the same bound
+    # a rotation by a then by b is the rotation by a + b
+    a, b = rng.uniform(-np.pi, np.pi, 2)
+    twice = rotate_images(rotate_images(img, a), b)
+    np.testing.assert_allclose(twice, rotate_images(img, a + b), atol=1e-5)
+
+
+def test_fourier_rotation_keeps_pixel_noise_and_bilinear_smooths_it():
+    rng = np.random.default_rng(8)
+    noise = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    c = -1 + (2 * np.arange(64) + 1) / 64
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    inner = np.hypot(xx, yy) < 0.6  # away from the frame and the zero-filled corners
+    angles = rng.uniform(0.2, 1.3, 8).astype(np.float32)  # generic, not near a quarter turn
+    fourier = np.asarray(rotate_images(noise, angles))[:, inner].std()
+    bilinear = np.asarray(rotate_images(noise, angles, method="bilinear"))[:, inner].std()
+    assert abs(fourier / noise[:, inner].std() - 1.0) < 0.03, fourier
+    assert bilinear / noise[:, inner].std() < 0.8, bilinear  # the control
+
+
+def test_rotate_images_rejects_bad_arguments():
+    img = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="method must be one of"):
+        rotate_images(img, 0.3, method="cubic")
+    with pytest.raises(ValueError, match="needs square images"):
+        rotate_images(np.zeros((1, 8, 6), np.float32), 0.3)
+    np.testing.assert_allclose(  # bilinear takes any shape
+        rotate_images(np.zeros((1, 8, 6), np.float32), 0.3, method="bilinear"), 0.0
+    )
 
 
 def test_rot45_filter_matrix_preserves_a_radial_filter():
@@ -153,7 +203,7 @@ def test_c8_invariance_and_resnet_control():
     print(f"ResNet18 rel. logit change: 90deg {r90:.2e}, 45 {r45:.2e}")
     assert e90 < 1e-5 and e180 < 1e-5
     # 45 degrees: filter and image interpolation only -> near-invariant (loose bound; random
-    # white-noise filters at initialisation are the worst case for the bilinear rotation)
+    # white-noise filters at initialisation are the worst case for the 45-degree filter rotation)
     assert e45 < 0.15 and e30 < 0.15
     assert r90 > 0.05 and r45 > 2 * e45  # the plain CNN is clearly not invariant
 

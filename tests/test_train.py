@@ -190,6 +190,12 @@ def test_image_augmentation_rotates():
     angles = np.asarray(jax.random.uniform(key, (8,), minval=-np.pi, maxval=np.pi))
     np.testing.assert_allclose(out, rotate_images(imgs, angles), atol=1e-6)
     assert np.abs(out - imgs).max() > 0.5
+    # the interpolation is a static field: jit-compatible, and bilinear on request
+    bilinear = jax.jit(train.image_augmentation(method="bilinear"))(key, imgs)
+    np.testing.assert_allclose(bilinear, rotate_images(imgs, angles, method="bilinear"), atol=1e-6)
+    assert np.abs(np.asarray(bilinear) - out).max() > 1e-2
+    with pytest.raises(ValueError, match="method must be one of"):
+        train.image_augmentation(method="nearest")
 
 
 def test_checkpoint_round_trip(tmp_path):

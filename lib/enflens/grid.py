@@ -9,6 +9,8 @@ x axis points right and y points up, so a positive angle rotates counter-clockwi
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +77,8 @@ def pixels_to_image(values: jnp.ndarray, height: int, width: int | None = None) 
 
 # ----------------------------------------------------------------------------- rotation
 
+ROTATION_METHODS: tuple[str, ...] = ("fourier", "bilinear")
+
 
 def _rotate_one(image: Array, angle: Array) -> Array:
     """Rotate one (H, W, C) image by ``angle`` radians counter-clockwise (bilinear, zero fill)."""
@@ -97,26 +101,80 @@ def _rotate_one(image: Array, angle: Array) -> Array:
     return jax.vmap(one_channel, in_axes=-1, out_axes=-1)(image)
 
 
-@jax.jit
-def rotate_images(images: Array, angles: Array) -> Array:
-    """Rotate images counter-clockwise about the image centre, bilinear, zero fill.
+def _shift_rows(image: Array, shifts: Array) -> Array:
+    """Shift row r of a real (R, N, C) array by ``shifts[r]`` pixels along axis 1 (towards
+    larger column index), by a phase ramp on its DFT: an exact, norm-preserving shift of the
+    band-limited periodic interpolant of the row."""
+    n = image.shape[1]
+    k = jnp.fft.rfftfreq(n).astype(jnp.float32)  # cycles per pixel
+    phase = jnp.exp(-2j * jnp.pi * k[None, :] * shifts[:, None])  # (R, N // 2 + 1)
+    spec = jnp.fft.rfft(image, axis=1) * phase[..., None]
+    return jnp.fft.irfft(spec, n=n, axis=1).astype(jnp.float32)
+
+
+def _rotate_one_fourier(image: Array, angle: Array) -> Array:
+    """Rotate one square (H, H, C) image by ``angle`` radians counter-clockwise: an exact
+    ``rot90`` by the nearest multiple of 90 degrees, then the remaining |angle| <= 45 degrees
+    as three Fourier shears, R(a) = X(-tan(a/2)) Y(sin a) X(-tan(a/2)), on the image zero-padded
+    to twice its size (so no content wraps around), cropped back."""
+    h, w, _ = image.shape
+    k = jnp.round(angle / (jnp.pi / 2))
+    rest = angle - k * (jnp.pi / 2)
+    quarter = jnp.mod(k, 4).astype(jnp.int32)
+    turned = jax.lax.switch(
+        quarter, [lambda x, i=i: jnp.rot90(x, -i, axes=(0, 1)) for i in range(4)], image
+    )
+    ph, pw = h // 2, w // 2
+    x = jnp.pad(turned, ((ph, ph), (pw, pw), (0, 0)))
+    n = x.shape[0]
+    c = jnp.arange(n, dtype=jnp.float32) - (n - 1) / 2.0  # pixel offsets from the centre
+    t, s = jnp.tan(rest / 2.0), jnp.sin(rest)
+    x = _shift_rows(x, -t * c)  # x-shear: the row at height y moves by -t * y
+    x = jnp.swapaxes(_shift_rows(jnp.swapaxes(x, 0, 1), s * c), 0, 1)  # y-shear by s * x
+    x = _shift_rows(x, -t * c)
+    return x[ph : ph + h, pw : pw + w]
+
+
+@functools.partial(jax.jit, static_argnames="method")
+def rotate_images(images: Array, angles: Array, method: str = "fourier") -> Array:
+    """Rotate images counter-clockwise about the image centre, zero fill.
+
+    ``method="fourier"`` (the default, and the project's image rotation): a rotation by the
+    nearest multiple of 90 degrees (exact), then three shears, each a per-row phase ramp on the
+    DFT (the three-pass rotation of Unser, Thevenaz & Yaroslavsky 1995, IEEE Trans. Image
+    Process. 4, 1371, and Larkin, Oldfield & Klemm 1997, Opt. Commun. 139, 99). Each shear is
+    unitary, so the rotation keeps the pixel noise's variance and its spectrum up to the padding
+    and the frame, and it rotates band-limited content to float32 rounding.
+
+    ``method="bilinear"``: bilinear interpolation. It low-pass filters: at a generic angle it
+    scales white pixel noise's standard deviation by about 0.66, so a bilinearly rotated
+    observation is smoother than any unrotated one. Kept as the comparison that shows why the
+    default is Fourier (``tests/test_cnn.py``).
 
     Args:
-        images: (B, H, W) or (B, H, W, C).
+        images: (B, H, W) or (B, H, W, C); square (H == W) for ``"fourier"``.
         angles: scalar or (B,) angles in radians (counter-clockwise in the (x, y) plane of
             :mod:`enflens.grid`).
+        method: ``"fourier"`` or ``"bilinear"``.
 
     Returns:
         Rotated images, same shape as ``images``, float32. Multiples of 90 degrees on a square
-        image reproduce ``rot90`` up to float rounding.
+        image reproduce ``rot90`` up to float rounding with either method. Content that leaves
+        the H x W frame is lost and the corners that enter it are zero (``"fourier"``: up to
+        the ringing of the frame's edge, which decays away from it).
     """
+    if method not in ROTATION_METHODS:
+        raise ValueError(f"rotate_images: method must be one of {ROTATION_METHODS}, got {method!r}")
     x = jnp.asarray(images, jnp.float32)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(f"rotate_images: images must be (B, H, W) or (B, H, W, C), got {x.shape}")
+    if method == "fourier" and x.shape[1] != x.shape[2]:
+        raise ValueError(f"rotate_images: method 'fourier' needs square images, got {x.shape}")
     angles = jnp.broadcast_to(jnp.asarray(angles, jnp.float32), (x.shape[0],))
-    out = jax.vmap(_rotate_one)(x, angles)
+    one = _rotate_one_fourier if method == "fourier" else _rotate_one
+    out = jax.vmap(one)(x, angles)
     return out.reshape(jnp.shape(images))
 
 

@@ -77,7 +77,8 @@ DEFAULT_AUGMENT: dict[str, dict[str, Any]] = {
         "max_translation": 0.0,
     },
     "cnf": {"noise": 0.05},  # Gaussian noise, fraction of the std of the training latents
-    "image": {"max_angle_deg": 180.0},  # uniform in [-max, max] (torchvision RandomRotation)
+    # uniform in [-max, max] (torchvision RandomRotation); Fourier rotation keeps pixel noise
+    "image": {"max_angle_deg": 180.0, "rotation": "fourier"},
 }
 
 
@@ -104,7 +105,9 @@ def make_augmentation(kind: str, settings: dict[str, Any], x_train: Any) -> Augm
         )
     if kind == "cnf":
         return NoiseAugmentation(float(settings["noise"]) * float(np.std(np.asarray(x_train))))
-    return image_augmentation(math.radians(float(settings["max_angle_deg"])))
+    return image_augmentation(
+        math.radians(float(settings["max_angle_deg"])), str(settings["rotation"])
+    )
 
 
 def build_model(name: str, x_train: Any, model_cfg: dict[str, Any], seed: int) -> nnx.Module:

@@ -18,7 +18,8 @@ the clock to decide how much to train: the same seed and config give the same mo
 Augmentations are jax-traceable functions ``augment(key, x_batch) -> x_batch`` run inside the
 jitted step: :func:`latent_augmentation` (Gaussian pose/context noise, optional random global
 SE(2) transform via ``Latents.transform``) and :func:`image_augmentation` (random continuous
-rotation, bilinear, as torchvision's ``RandomRotation(180)`` in the published runs).
+rotation, by Fourier shears, over the angle range of torchvision's ``RandomRotation(180)`` in
+the published runs).
 
 Checkpoints (:func:`save_checkpoint` / :func:`restore_checkpoint`) are orbax directories of
 the full model state (parameters and BatchNorm statistics) with each entry's sha256
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 from enflens import parallel
 from enflens.checkpoint import DIGESTS, check_digests, standard_checkpointer, with_digests
 from enflens.geometry import Latents, random_se2
-from enflens.grid import rotate_images
+from enflens.grid import ROTATION_METHODS, rotate_images
 from enflens.integrity import IntegrityError
 from enflens.io import write_json
 from enflens.nn import count_params
@@ -151,23 +152,30 @@ def latent_augmentation(
 @dataclasses.dataclass(frozen=True)
 class ImageAugmentation:
     """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians);
-    see :func:`image_augmentation`. A pytree (``max_angle`` is traced)."""
+    see :func:`image_augmentation`. A pytree (``max_angle`` is traced, ``method`` static)."""
 
     max_angle: float = math.pi
+    method: str = dataclasses.field(default="fourier", metadata={"static": True})
 
     def __call__(self, key: Array, images: Array) -> Array:
         a = self.max_angle
         angles = jax.random.uniform(key, (images.shape[0],), jnp.float32, -a, a)
-        return rotate_images(images, angles)
+        return rotate_images(images, angles, method=self.method)
 
 
-def image_augmentation(max_angle: float = math.pi) -> ImageAugmentation:
+def image_augmentation(max_angle: float = math.pi, method: str = "fourier") -> ImageAugmentation:
     """Random rotation of each image by an angle uniform in [-max_angle, max_angle] (radians).
 
-    Bilinear interpolation with zero fill (:func:`enflens.grid.rotate_images`); ``max_angle = pi``
-    matches torchvision's ``RandomRotation(180)``. Returns ``augment(key, images) -> images``.
+    :func:`enflens.grid.rotate_images` with zero fill, by default the Fourier rotation, which
+    keeps the pixel noise of the observation (a bilinear rotation smooths it, so that unrotated
+    test images would look unlike every training image). ``max_angle = pi`` matches
+    torchvision's ``RandomRotation(180)``. Returns ``augment(key, images) -> images``.
     """
-    return ImageAugmentation(float(max_angle))
+    if method not in ROTATION_METHODS:
+        raise ValueError(
+            f"image_augmentation: method must be one of {ROTATION_METHODS}, got {method!r}"
+        )
+    return ImageAugmentation(float(max_angle), method)
 
 
 @jax.tree_util.register_dataclass

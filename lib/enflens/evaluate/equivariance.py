@@ -1,7 +1,7 @@
 """Measurements of issue 12: do fitted latents rotate with the image, and do the poses move?
 
 * :func:`end_to_end_equivariance`: for images f and angles beta, fit f and the rotated image
-  ``R_beta f`` (:func:`enflens.grid.rotate_images`, bilinear) and compare the latents of the
+  ``R_beta f`` (:func:`enflens.grid.rotate_images`, Fourier shears) and compare the latents of the
   second fit with the rotated latents of the first, ``R_beta z(f)``. For an exactly equivariant
   pipeline (equivariant start, equivariant decoder, equivariant inner loop) they are equal; the
   remaining error comes from resampling the rotated image and from pixel subsets that do not

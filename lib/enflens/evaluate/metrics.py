@@ -8,7 +8,7 @@ empirical ROC curve with ties counted one half.
 
 Robustness helpers: :func:`invariance_error` (random continuous SE(2) transforms of latent point
 clouds), :func:`accuracy_under_rotation` (image rotations with
-:func:`enflens.grid.rotate_images`, the same bilinear rotation as the training augmentation).
+:func:`enflens.grid.rotate_images`, the same Fourier rotation as the training augmentation).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def mean_rotated(angles_deg: Sequence[float], accuracy: Sequence[float]) -> floa
 def image_rotation_curve(
     model: nnx.Module, images: Any, labels: Any, angles_deg: Sequence[float]
 ) -> list[float]:
-    """Accuracy on the images rotated by each angle (degrees, bilinear, zero fill): (A,)."""
+    """Accuracy on the images rotated by each angle (degrees; Fourier rotation, zero fill): (A,)."""
     rad = [math.radians(a) for a in angles_deg]
     return metrics.accuracy_under_rotation(model, images, labels, rad).tolist()
 

@@ -62,7 +62,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "latents": 2,
     "classifier": 3,  # 3: standardised contexts, radial node features, attention pooling
     "data_efficiency": 3,
-    "rotation": 3,  # 3: invariance to rotations about the centre
+    "rotation": 4,  # 3: invariance to rotations about the centre; 4: Fourier image rotation
 }
 
 FIELD_KINDS: tuple[str, ...] = ("enf", "cnf")
