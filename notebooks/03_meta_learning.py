@@ -91,10 +91,13 @@ SEED = 0  # decoder initialisation, data order and pixel subsets
 # "rings 4 / 8 / 12" row is the earlier template, which reached out to empty sky), each image
 # starting from the rings rotated into its own frame (enflens.fields.frame); the position rate is
 # kept >= 2.5 and one inner step moves a latent at most 2 px and 5 degrees, so that poses move
-# (docs/equivariant_start.md)
+# (docs/equivariant_start.md). Each (pixel, latent) pair's value goes through a small GELU
+# network and the Fourier frequencies are learned (value_mlp, learn_rff): at 1,200 outer steps
+# on 64 validation images this reached 38.8 dB against 35.5 dB for the linear value path with
+# frozen frequencies, at ~1.25x the ms per outer step (the ablation's rows below)
 ENF_CONFIG = {"num_latents": 24, "latent_dim": 33, "hidden": 64, "num_heads": 2, "k_nearest": 4,
               "num_rff": 32, "template": "rings", "ring_counts": [12, 12],
-              "ring_radii": [0.32, 0.48]}  # fmt: skip
+              "ring_radii": [0.32, 0.48], "value_mlp": True, "learn_rff": True}  # fmt: skip
 ENF_ADAPTER = {"lr_positions": 2.5, "lr_orientations": 1.0, "lr_contexts": 150.0,
                "equivariant_start": True, "fit_radius": 1.0,
                "lr_bounds": {"positions": [2.5, 10.0], "orientations": [1e-6, 10.0]},
@@ -121,9 +124,9 @@ ABLATION_STEPS = 200
 ABLATION_IMAGES = 64
 ABLATION = {
     "study ENF": {},
-    "+ nonlinear value": {"enf_config": {"value_mlp": True}},
-    "+ learned Fourier features": {"enf_config": {"learn_rff": True}},
-    "+ both": {"enf_config": {"value_mlp": True, "learn_rff": True}},
+    "linear value path": {"enf_config": {"value_mlp": False}},
+    "frozen Fourier features": {"enf_config": {"learn_rff": False}},
+    "linear value, frozen features": {"enf_config": {"value_mlp": False, "learn_rff": False}},
     "value frequencies x2": {"enf_config": {"rff_std_value": 8.0}},
     "k = 9": {"enf_config": {"k_nearest": 9}},
     "hidden 96": {"enf_config": {"hidden": 96}},
