@@ -117,6 +117,29 @@ def test_uses_orientations_and_is_permutation_invariant(models, name):
     np.testing.assert_allclose(predict(models[name], shuffled), base, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["enf_ponita", "enf_transformer"])
+@pytest.mark.parametrize("slot_cfg", [{"slot_embedding": True}, {"pool": "slots"}])
+def test_slot_options_keep_rotation_invariance_and_read_the_latent_order(name, slot_cfg):
+    """With slot embeddings (or the slot-order readout) latent i is read as template slot i:
+    still invariant to random continuous rotations about the centre (the action keeps each
+    latent's index), no longer to permutations of the latents (the control the
+    permutation-invariant default passes above)."""
+    m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **slot_cfg,
+                          **SMALL[name])  # fmt: skip
+    if m.slot is not None:  # the small initial slots (std 0.02) would hide the effect
+        m.slot[...] = jax.random.normal(jax.random.key(7), m.slot[...].shape)
+    rng = np.random.default_rng(6)
+    z = _latents(rng)
+    err = invariance_error(m, z, jax.random.key(1), n=4, max_translation=0.0)
+    print(f"{name} (slot_embedding): rotation-about-the-centre invariance error {err:.1e}")
+    assert err < 1e-5
+    base = predict(m, z)
+    perm = rng.permutation(N)
+    shuffled = Latents(z.positions[:, perm], z.orientations[:, perm], z.contexts[:, perm],
+                       z.windows[:, perm])  # fmt: skip
+    assert np.abs(predict(m, shuffled) - base).max() > 1e-3 * np.abs(base).max()
+
+
 def test_cnf_mlp_and_factory_errors():
     m = C.make_classifier("cnf_mlp", context_dim=0, num_latents=0, cnf_dim=12, rngs=_rngs())
     assert predict(m, np.zeros((5, 12), np.float32)).shape == (5, 3)
@@ -128,6 +151,8 @@ def test_cnf_mlp_and_factory_errors():
         C.make_classifier("enf_ponita", context_dim=D, num_latents=N, depth=3, rngs=_rngs())
     with pytest.raises(ValueError, match="must divide"):
         C.make_classifier("enf_transformer", context_dim=D, num_latents=N, heads=5, rngs=_rngs())
+    with pytest.raises(ValueError, match="pool='max'"):
+        C.make_classifier("enf_ponita", context_dim=D, num_latents=N, pool="max", rngs=_rngs())
     with pytest.raises(ValueError, match="expected"):
         m(np.zeros((5, 11), np.float32))
 

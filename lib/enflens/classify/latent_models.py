@@ -34,6 +34,14 @@ continuous elements, the MLP failing the same check):
   permutations of the latents. Not translations: the radius is measured from the centre. This
   is the problem's symmetry -- the lens sits at the centre of every image.
 * ``node_geometry=False``: all of SE(2) (rotations and translations) and permutations.
+* ``slot_embedding=True`` or ``pool="slots"``: rotations about the centre, SO(2), but not
+  permutations: latent i is read as template slot i. The fit starts each image from the
+  template turned into the image's own frame, so slot i sits at the same angle from the frame
+  direction in every image and in every rotation of it. Measured for PONITA on the cpu-profile
+  latents, best validation accuracy: at the default sizes and 1,500 steps, 86.1 % with slot
+  embeddings against 85.0 % without; with basis 16, degree 2 and 3,000 steps, 86.4 % with slot
+  embeddings and 87.2 % with the slot-order readout as well. These are small gains, so the
+  defaults stay permutation invariant.
 
 :func:`make_classifier` builds any of them by name from its config dataclass.
 """
@@ -258,7 +266,16 @@ class PonitaConfig:
         layer_scale_init: initial value of the per-channel residual scale.
         node_geometry: add the radius and radial orientation of each latent to its node features
             (invariance to rotations about the centre; False: to all of SE(2)).
-        pool: readout over the latents, ``attention`` (:class:`AttentionPool`) or ``mean``.
+        slot_embedding: add a learned vector per template slot (latent index) to the node
+            embeddings. The fit starts every image from the template turned into the image's own
+            frame (:mod:`enflens.fields.frame`), so latent i is the same template slot, at the
+            same angle from the frame direction, in every image and in every rotation of it:
+            the index is invariant to rotations about the centre, but the model is then no
+            longer invariant to permutations of the latents.
+        pool: readout over the latents, ``attention`` (:class:`AttentionPool`), ``mean``, or
+            ``slots`` (:class:`SlotReadout`: the node features concatenated in template-slot
+            order; invariant to rotations about the centre for the reason given under
+            ``slot_embedding``, not to permutations).
         pool_heads: heads of the attention pooling.
         num_classes: output logits.
     """
@@ -273,6 +290,7 @@ class PonitaConfig:
     position_scale: float = 1.0
     layer_scale_init: float = 0.1
     node_geometry: bool = True
+    slot_embedding: bool = False
     pool: str = "attention"
     pool_heads: int = 4
     num_classes: int = NUM_CLASSES
@@ -319,27 +337,49 @@ class AttentionPool(nnx.Module):
         )
 
 
+class SlotReadout(nnx.Module):
+    """Readout of the latents in template-slot order: LN(h) (B, N, H) flattened to (B, N * H) and
+    mapped linearly to (B, H). Every slot keeps its own weights, as in ``enf_mlp``; the order
+    is the template's, which the equivariant start keeps fixed under rotations of the image."""
+
+    def __init__(self, hidden: int, num_latents: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.proj = nnx.Linear(num_latents * hidden, hidden, rngs=rngs)
+
+    def __call__(self, h: Array) -> Array:
+        return self.proj(self.norm(h).reshape(h.shape[0], -1))
+
+
+POOLS = ("attention", "mean", "slots")
+
+
 class InvariantLatentModel(nnx.Module):
     """What PONITA and the transformer share: stored context statistics, invariant node
     features, the pair-invariant basis and the readout. Subclasses define ``blocks`` and
     ``head`` and call :meth:`features` / :meth:`readout`."""
 
     def _init_common(self, cfg: Any, context_dim: int, num_latents: int, rngs: nnx.Rngs) -> None:
-        if cfg.pool not in ("attention", "mean"):
-            raise ValueError(f"pool={cfg.pool!r}; expected 'attention' or 'mean'")
+        if cfg.pool not in POOLS:
+            raise ValueError(f"pool={cfg.pool!r}; expected one of {POOLS}")
         self.cfg, self.context_dim, self.num_latents = cfg, context_dim, num_latents
         self.context_mean = Statistic(jnp.zeros((context_dim,), jnp.float32))
         self.context_std = Statistic(jnp.ones((context_dim,), jnp.float32))
         self.embed = nnx.Linear(context_dim + 3 * cfg.node_geometry, cfg.hidden, rngs=rngs)
+        self.slot = (
+            nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_latents, cfg.hidden)))
+            if cfg.slot_embedding
+            else None
+        )
         self.basis = InvariantEmbedding(
             cfg.basis_dim, degree=cfg.degree, rff_dim=cfg.rff_dim, rff_scale=cfg.rff_scale,
             position_scale=cfg.position_scale, rngs=rngs,
         )  # fmt: skip
-        self.pool = (
-            AttentionPool(cfg.hidden, cfg.pool_heads, rngs=rngs)
-            if cfg.pool == "attention"
-            else None
-        )
+        if cfg.pool == "attention":
+            self.pool = AttentionPool(cfg.hidden, cfg.pool_heads, rngs=rngs)
+        elif cfg.pool == "slots":
+            self.pool = SlotReadout(cfg.hidden, num_latents, rngs=rngs)
+        else:
+            self.pool = None
         self.out_norm = nnx.LayerNorm(cfg.hidden, rngs=rngs)
 
     def set_context_statistics(self, contexts: Any) -> None:
@@ -359,7 +399,8 @@ class InvariantLatentModel(nnx.Module):
         basis = self.basis(pair_invariants(z.positions, z.orientations))
         x = node_features(z, self.context_mean[...], self.context_std[...],
                           self.cfg.node_geometry)  # fmt: skip
-        return self.embed(x), basis
+        h = self.embed(x)
+        return (h if self.slot is None else h + self.slot[...]), basis
 
     def readout(self, h: Array) -> Array:
         """Pool over the latents and normalise: (B, N, hidden) -> (B, hidden)."""
@@ -403,7 +444,8 @@ class TransformerConfig:
         mlp_ratio: widening of the feed-forward MLP.
         basis_dim: size of the shared invariant embedding.
         degree, rff_dim, rff_scale, position_scale: invariant basis (see :class:`PonitaConfig`).
-        node_geometry, pool, pool_heads: node features and readout (see :class:`PonitaConfig`).
+        node_geometry, slot_embedding, pool, pool_heads: node features and readout (see
+            :class:`PonitaConfig`).
         num_classes: output logits.
     """
 
@@ -417,6 +459,7 @@ class TransformerConfig:
     rff_scale: float = 2.0
     position_scale: float = 1.0
     node_geometry: bool = True
+    slot_embedding: bool = False
     pool: str = "attention"
     pool_heads: int = 4
     num_classes: int = NUM_CLASSES
