@@ -211,3 +211,25 @@ def test_overfits_tiny_batch(name):
     )  # fmt: skip
     assert hist["best_val_acc"] == 1.0
     assert (predict(m, x).argmax(-1) == y).all()
+
+
+def test_bench_variants_are_valid_invariant_models():
+    """bench/latent_classifiers.py's variants build, and each stays invariant to random
+    continuous rotations about the centre (the slot variants included)."""
+    import importlib.util
+
+    from enflens.io import repo_path
+
+    spec = importlib.util.spec_from_file_location(
+        "latent_classifiers", repo_path("bench", "latent_classifiers.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    z = _latents(np.random.default_rng(8), b=4)
+    for label, (name, cfg) in bench.VARIANTS.items():
+        small = {**cfg, "hidden": 16, "basis_dim": 8, "layers": 1, "pool_heads": 2}
+        if name == "enf_transformer":
+            small["heads"] = 2
+        m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **small)
+        err = invariance_error(m, z, jax.random.key(3), n=2, max_translation=0.0)
+        assert err < 1e-5, (label, err)

@@ -1,0 +1,88 @@
+"""Variants of the invariant latent classifiers on a profile's ENF latent stores, scored on the
+validation split only (the test split is never read).
+
+Each variant is one ``enf_ponita`` / ``enf_transformer`` config trained by the library's own
+trainer (:func:`enflens.classify.train.fit`, AdamW with warm-up + cosine over exactly its steps,
+the default latent augmentation, ten validations) on the stores named in
+``results/<profile>/03_meta_learning.json``. One JSON line per variant: steps, seconds, ms per
+step (a timing: run one variant at a time on an idle machine to compare them), the best
+validation accuracy and the validation curve. Use it to choose ``MODEL_CONFIGS`` and ``STEPS``
+of notebook 05 before a committed run; run notebooks 01-03 of the profile first.
+
+    .venv/bin/python bench/latent_classifiers.py [--profile cpu] \\
+        [--variants default,slots,tiny_slots] [--steps 1500] [--lr 1e-3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from enflens.classify import registry, train
+from enflens.config import from_dict
+from enflens.study import stages
+from enflens.study.classifiers import read_meta_learning
+from enflens.study.pipeline import load_profile
+from enflens.study.results import repo_path
+
+#: A small PONITA: one kernel basis of 8 from degree-2 invariants, two blocks of 32 channels.
+TINY = {"hidden": 32, "basis_dim": 8, "degree": 2, "layers": 2, "expansion": 2, "pool_heads": 2}
+#: name -> (model, config overrides)
+VARIANTS = {
+    "default": ("enf_ponita", {}),
+    "slots": ("enf_ponita", {"slot_embedding": True}),
+    "slots_readout": ("enf_ponita", {"slot_embedding": True, "pool": "slots"}),
+    "tiny": ("enf_ponita", TINY),
+    "tiny_slots": ("enf_ponita", {**TINY, "slot_embedding": True, "pool": "slots"}),
+    "transformer": ("enf_transformer", {}),
+    "transformer_slots": ("enf_transformer", {"slot_embedding": True, "pool": "slots"}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--variants", default="default,slots,tiny_slots",
+                   help=f"comma-separated, from {sorted(VARIANTS)}")  # fmt: skip
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=64)
+    args = p.parse_args()
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    common = load_profile(args.profile)["common"]
+    keys = ("RECIPE", "N_TRAIN", "N_VAL", "N_TEST", "DATA_SEED")
+    # the notebooks' parameter defaults (cpu profile); a profile's common section overrides them
+    defaults = {"RECIPE": "model_ii", "N_TRAIN": 3000, "N_VAL": 300, "N_TEST": 1000,
+                "DATA_SEED": 0}  # fmt: skip
+    recipe, n_train, n_val, n_test, seed = (common.get(k, defaults[k]) for k in keys)
+    dataset_file, _ = stages.dataset_path(recipe, n_train, n_val, n_test, seed)
+    results03 = repo_path("results", args.profile, "03_meta_learning.json")
+    if not results03.is_file():
+        p.error(f"{results03} does not exist: run notebooks 01-03 of profile {args.profile!r}")
+    inputs = stages.classifier_inputs(dataset_file, read_meta_learning(results03), ("enf",))
+    for label in names:
+        name, cfg = VARIANTS[label]
+        x_tr, y_tr = inputs.split(name, "train")
+        model = registry.build_model(name, x_tr, cfg, 0)
+        augment = registry.make_augmentation("enf", registry.augment_settings("enf", None), x_tr)
+        tcfg = from_dict(train.TrainConfig, {
+            "steps": args.steps, "eval_every": max(args.steps // 10, 1), "batch_size": args.batch,
+            "learning_rate": args.lr, "seed": 0, "progress": False,
+        }, "train config")  # fmt: skip
+        t0 = time.perf_counter()
+        hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), tcfg, augment=augment)
+        sec = time.perf_counter() - t0
+        print(json.dumps({
+            "variant": label, "model": name, "config": cfg, "steps": args.steps, "lr": args.lr,
+            "seconds": round(sec, 1), "ms_per_step": round(1000 * sec / args.steps, 1),
+            "best_val_acc": round(hist["best_val_acc"], 4),
+            "val_acc": [round(v, 3) for v in hist["val_acc"]],
+        }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
