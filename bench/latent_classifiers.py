@@ -23,7 +23,7 @@ from enflens.classify import registry, train
 from enflens.config import from_dict
 from enflens.study import stages
 from enflens.study.classifiers import read_meta_learning
-from enflens.study.pipeline import load_profile
+from enflens.study.pipeline import notebook_parameters, parameter_defaults
 from enflens.study.results import repo_path
 
 #: A small PONITA: one kernel basis of 8 from degree-2 invariants, two blocks of 32 channels.
@@ -53,12 +53,11 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-    common = load_profile(args.profile)["common"]
+    nb = "05_classifiers"  # the dataset settings notebook 05 runs with under this profile
+    params = {**parameter_defaults(repo_path("notebooks", f"{nb}.py")),
+              **notebook_parameters(args.profile, nb)}  # fmt: skip
     keys = ("RECIPE", "N_TRAIN", "N_VAL", "N_TEST", "DATA_SEED")
-    # the notebooks' parameter defaults (cpu profile); a profile's common section overrides them
-    defaults = {"RECIPE": "model_ii", "N_TRAIN": 3000, "N_VAL": 300, "N_TEST": 1000,
-                "DATA_SEED": 0}  # fmt: skip
-    recipe, n_train, n_val, n_test, seed = (common.get(k, defaults[k]) for k in keys)
+    recipe, n_train, n_val, n_test, seed = (params[k] for k in keys)
     dataset_file, _ = stages.dataset_path(recipe, n_train, n_val, n_test, seed)
     results03 = repo_path("results", args.profile, "03_meta_learning.json")
     if not results03.is_file():
