@@ -24,7 +24,7 @@ from enflens.testing import lens_like_images
 
 HERE = Path(__file__).parent
 LIB = HERE.parent / "lib"
-TIMEOUT = 300
+TIMEOUT = 900  # generous: on CI the smoke runs of test_reproduce_smoke.py share the cores
 
 
 def _env(devices: int) -> dict[str, str]:

@@ -1,13 +1,15 @@
-"""End to end: `make reproduce PROFILE=smoke` from scratch in two fresh copies of the repository,
-one of them under CPU load, then once more in the first copy from its cache.
+"""End to end: `make reproduce PROFILE=smoke` from scratch in two fresh copies of the repository
+at the same time, then once more in the first copy from its cache (tests/smoke_runs.py; the runs
+start when pytest has collected these tests and go on alongside the rest of the suite).
 
 * Reproducible by construction: the two fresh runs must write identical results JSON for every
   number that is not a timing (keys naming ``seconds`` or ``per_second``, or starting ``ms_``);
-  budgets are step counts, so how busy the machine is changes only how long a run takes.
-* The three runs share one JAX compilation cache (the first fills it): a fresh copy of the
-  repository still starts with no data, decoders, stores or classifiers, and a compiled
-  executable loaded from the cache is the one the compiler would have built, so the numbers are
-  unchanged; what it saves is the repeated compilation, most of a smoke run's time.
+  budgets are step counts, so how busy the machine is changes only how long a run takes. The two
+  runs share the machine with each other and with the unit tests, so their programs are scheduled
+  differently throughout.
+* A fresh copy of the repository starts with no data, decoders, stores or classifiers; each run
+  has its own JAX compilation cache, filled as it goes (an executable loaded from it is the one
+  the compiler would have built, so the numbers are unchanged).
 * Every notebook writes its promised results.
 * The rerun restores every expensive stage (dataset, decoders, latent stores, classifiers and
   the data-efficiency runs) from the cache and reproduces the numbers.
@@ -15,17 +17,11 @@ one of them under CPU load, then once more in the first copy from its cache.
 Wall times are printed, not asserted: machines are noisy.
 """
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+import smoke_runs
 
-from enflens.io import REPO_ROOT
 from enflens.study import pipeline
 from enflens.study.results import PROMISED_KEYS
 
@@ -35,43 +31,6 @@ pytestmark = pytest.mark.slow
 TIMING_KEY = re.compile(r"seconds|per_second|^ms_")
 #: Keys saying whether a stage came from the cache (a fresh run and a rerun differ in them).
 CACHE_KEY = re.compile(r"^(cached|reused_cached|restored_from_cache)$")
-
-
-def _copy_repo(dst: Path) -> Path:
-    """The tracked (and untracked, not ignored) files of this checkout, as a fresh clone has."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, check=True,
-        capture_output=True,
-    ).stdout.decode().split("\0")  # fmt: skip
-    for rel in filter(None, files):
-        src = REPO_ROOT / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    return dst
-
-
-def _run_smoke(root: Path, jax_cache: Path, *, load: bool = False) -> dict[str, dict]:
-    """Run the smoke pipeline in ``root`` (its own ``lib`` on the path); return its results."""
-    env = {**os.environ, "PYTHONPATH": str(root / "lib"), "MPLBACKEND": "Agg",
-           "JAX_COMPILATION_CACHE_DIR": str(jax_cache)}  # fmt: skip
-    burners = []
-    if load:  # two busy processes: the 2-core CI machine is fully loaded during the run
-        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "enflens.study.pipeline", "run", "--profile", "smoke"],
-            cwd=root, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-    finally:
-        for b in burners:
-            b.kill()
-    assert proc.returncode == 0, f"smoke run in {root} failed:\n{proc.stdout[-3000:]}{proc.stderr}"
-    folder = root / "results" / "smoke"
-    results = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-    assert results, f"the smoke run wrote no results under {folder}"
-    timings = json.loads((root / "runs" / "smoke" / "timings.json").read_text())
-    return {"results": results, "timings": timings}
 
 
 def _strip_timings(obj, key: re.Pattern = TIMING_KEY):
@@ -96,24 +55,20 @@ def _differences(a, b, path=""):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    first_root = _copy_repo(tmp_path_factory.mktemp("clone_a"))
-    second_root = _copy_repo(tmp_path_factory.mktemp("clone_b"))
-    jax_cache = tmp_path_factory.mktemp("jax_cache")
-    first = _run_smoke(first_root, jax_cache)
-    loaded = _run_smoke(second_root, jax_cache, load=True)
-    rerun = _run_smoke(first_root, jax_cache)
-    print("\nsmoke wall time per notebook (fresh | fresh under load | rerun from cache):")
+def runs():
+    """The three runs, started by conftest.py at the start of the session (tests/smoke_runs.py)."""
+    first, second, rerun = smoke_runs.wait()
+    print("\nsmoke wall time per notebook (fresh | fresh, run alongside | rerun from cache):")
     for name in first["timings"]:
-        t = [r["timings"][name] for r in (first, loaded, rerun)]
+        t = [r["timings"][name] for r in (first, second, rerun)]
         print(f"  {name:26s} {t[0]:7.1f} s | {t[1]:7.1f} s | {t[2]:7.1f} s")
-    return first["results"], loaded["results"], rerun["results"]
+    return first["results"], second["results"], rerun["results"]
 
 
 def test_two_fresh_runs_give_identical_non_timing_numbers(runs):
-    first, loaded, _ = runs
-    assert sorted(first) == sorted(loaded)
-    diffs = _differences(_strip_timings(first), _strip_timings(loaded))
+    first, second, _ = runs
+    assert sorted(first) == sorted(second)
+    diffs = _differences(_strip_timings(first), _strip_timings(second))
     assert not diffs, "the two fresh smoke runs differ:\n" + "\n".join(diffs[:40])
 
 
