@@ -35,6 +35,13 @@ VARIANTS = {
     "slots_readout": ("enf_ponita", {"slot_embedding": True, "pool": "slots"}),
     "tiny": ("enf_ponita", TINY),
     "tiny_slots": ("enf_ponita", {**TINY, "slot_embedding": True, "pool": "slots"}),
+    # one message-passing block instead of two: about half the pair work per step
+    "tiny_slots_1": ("enf_ponita", {**TINY, "layers": 1, "slot_embedding": True, "pool": "slots"}),
+    # no message passing: the invariant node features (standardised contexts, radius, angle to
+    # the radial direction) of each template slot, read in slot order. The control that says
+    # how much the pair geometry adds over the per-latent invariants, at an MLP's cost per step
+    "slot_nodes": ("enf_ponita", {**TINY, "hidden": 64, "layers": 0, "slot_embedding": True,
+                                  "pool": "slots"}),
     "transformer": ("enf_transformer", {}),
     "transformer_slots": ("enf_transformer", {"slot_embedding": True, "pool": "slots"}),
 }
