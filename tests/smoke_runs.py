@@ -27,7 +27,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from enflens.io import REPO_ROOT
+
 #: The whole chain of one copy may take this long on a loaded 2-core machine before it is killed.
 TIMEOUT_S = 3600
 
