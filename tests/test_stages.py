@@ -55,6 +55,17 @@ def test_cache_keys_carry_the_stage_code_version(monkeypatch):
         stages.stage_key("nope")
 
 
+def test_cache_keys_of_the_jax_stages_carry_the_device_count_when_there_are_several(monkeypatch):
+    one = stages.stage_key("decoder", kind="enf")
+    assert "devices" not in one  # one-device keys (the committed run's) are unchanged
+    monkeypatch.setattr(stages.jax, "device_count", lambda: 4)
+    four = stages.stage_key("decoder", kind="enf")
+    assert four == {**one, "devices": 4} and cache.param_hash(four) != cache.param_hash(one)
+    for stage in ("latents", "classifier", "data_efficiency", "rotation"):
+        assert stages.stage_key(stage)["devices"] == 4
+    assert "devices" not in stages.stage_key("dataset")  # numpy / lenstronomy: any layout
+
+
 def test_is_cached_needs_the_output_and_its_parameter_record(tmp_path):
     out = tmp_path / "x.h5"
     assert not cache.is_cached(out)

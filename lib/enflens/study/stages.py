@@ -68,15 +68,31 @@ STAGE_VERSIONS: dict[str, int] = {
 FIELD_KINDS: tuple[str, ...] = ("enf", "cnf")
 
 
+#: Stages whose output is the same on any number of devices (numpy / lenstronomy only).
+LAYOUT_FREE_STAGES: frozenset[str] = frozenset({"dataset"})
+
+
 def stage_key(stage: str, **params: Any) -> dict[str, Any]:
-    """The cache key of ``stage``: its parameters plus ``stage`` and ``code_version``.
+    """The cache key of ``stage``: its parameters plus ``stage`` and ``code_version``, and the
+    number of devices of the data mesh when it is more than one.
+
+    The device count is in the key because the JAX stages do not round the same way on D
+    devices as on one: a batch split over D devices is a different XLA program per device and
+    its gradients are summed in a different order (``bench/RESULTS.md``: Meta-SGD parameters
+    differ by ~1e-3 after 8 outer steps on 4 simulated devices). Without it, a decoder trained
+    on 4 GPUs would be reused as if it were the one-device result. One device adds nothing, so
+    one-device keys (those of the committed cpu run) are unchanged.
 
     >>> stage_key("dataset", n=3)
     {'n': 3, 'stage': 'dataset', 'code_version': 1}
     """
     if stage not in STAGE_VERSIONS:
         raise ValueError(f"stage_key: unknown stage {stage!r}; known {sorted(STAGE_VERSIONS)}")
-    return {**params, "stage": stage, "code_version": STAGE_VERSIONS[stage]}
+    key = {**params, "stage": stage, "code_version": STAGE_VERSIONS[stage]}
+    devices = jax.device_count()
+    if devices > 1 and stage not in LAYOUT_FREE_STAGES:
+        key["devices"] = devices
+    return key
 
 
 def rel(path: str | Path) -> str:
