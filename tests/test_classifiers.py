@@ -3,6 +3,7 @@ radial node features), with the MLP as negative control; context standardisation
 orientations, permutation invariance, factory errors, parameter counts, tiny-batch overfit."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -234,3 +235,28 @@ def test_bench_variants_are_valid_invariant_models():
         m = C.make_classifier(name, context_dim=D, num_latents=N, rngs=_rngs(), **small)
         err = invariance_error(m, z, jax.random.key(3), n=2, max_translation=0.0)
         assert err < 1e-5, (label, err)
+
+
+@pytest.mark.parametrize("basis_dim", [4, 12])  # K < N: factored order; K >= N: kernels formed
+def test_convnext_message_equals_the_explicit_kernel_sum(basis_dim):
+    from enflens.classify.latent_models import ConvNeXtBlock
+
+    b, n, c = 3, 8, 6
+    blk = ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=nnx.Rngs(0))
+    h = jax.random.normal(jax.random.key(1), (b, n, c))
+    basis = jax.random.normal(jax.random.key(2), (b, n, n, basis_dim))
+
+    def reference(block):  # sum_j k_ijc h_jc with the kernels k = basis @ W written out
+        k = np.einsum("bijk,kc->bijc", np.asarray(basis, np.float64),
+                      np.asarray(block.kernel.kernel[...], np.float64))  # fmt: skip
+        msg = np.einsum("bijc,bjc->bic", k, np.asarray(h, np.float64)) / n
+        msg = jnp.asarray(msg, jnp.float32) + block.conv_bias[...]
+        return h + block.gamma[...] * block.fc2(nnx.gelu(block.fc1(block.norm(msg))))
+
+    np.testing.assert_allclose(blk(h, basis), reference(blk), atol=2e-5, rtol=1e-5)
+    other = ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=nnx.Rngs(0))
+    # control: other kernels give another output (a perturbation, not a rescaling, which the
+    # LayerNorm after the message would undo)
+    w = other.kernel.kernel[...]
+    other.kernel.kernel[...] = w + 0.5 * jax.random.normal(jax.random.key(4), w.shape)
+    assert float(jnp.max(jnp.abs(other(h, basis) - reference(blk)))) > 1e-3

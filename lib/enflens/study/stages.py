@@ -60,7 +60,8 @@ STAGE_VERSIONS: dict[str, int] = {
     "dataset": 1,
     "decoder": 2,  # 2: step budgets instead of wall-time budgets
     "latents": 2,
-    "classifier": 3,  # 3: standardised contexts, radial node features, attention pooling
+    "classifier": 4,  # 3: standardised contexts, radial node features, attention pooling;
+    # 4: PONITA messages summed basis-first when the basis is smaller than the cloud (rounding)
     "data_efficiency": 3,
     "rotation": 4,  # 3: invariance to rotations about the centre; 4: Fourier image rotation
 }
