@@ -239,10 +239,8 @@ def test_bench_variants_are_valid_invariant_models():
 
 @pytest.mark.parametrize("basis_dim", [4, 12])  # K < N: factored order; K >= N: kernels formed
 def test_convnext_message_equals_the_explicit_kernel_sum(basis_dim):
-    from enflens.classify.latent_models import ConvNeXtBlock
-
     b, n, c = 3, 8, 6
-    blk = ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=nnx.Rngs(0))
+    blk = C.ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=_rngs())
     h = jax.random.normal(jax.random.key(1), (b, n, c))
     basis = jax.random.normal(jax.random.key(2), (b, n, n, basis_dim))
 
@@ -254,7 +252,7 @@ def test_convnext_message_equals_the_explicit_kernel_sum(basis_dim):
         return h + block.gamma[...] * block.fc2(nnx.gelu(block.fc1(block.norm(msg))))
 
     np.testing.assert_allclose(blk(h, basis), reference(blk), atol=2e-5, rtol=1e-5)
-    other = ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=nnx.Rngs(0))
+    other = C.ConvNeXtBlock(c, basis_dim, 2, 1.0, rngs=_rngs())
     # control: other kernels give another output (a perturbation, not a rescaling, which the
     # LayerNorm after the message would undo)
     w = other.kernel.kernel[...]

@@ -58,7 +58,7 @@ def test_cache_keys_carry_the_stage_code_version(monkeypatch):
 def test_cache_keys_of_the_jax_stages_carry_the_device_count_when_there_are_several(monkeypatch):
     one = stages.stage_key("decoder", kind="enf")
     assert "devices" not in one  # one-device keys (the committed run's) are unchanged
-    monkeypatch.setattr(stages.jax, "device_count", lambda: 4)
+    monkeypatch.setattr(stages.parallel, "num_devices", lambda mesh: 4)
     four = stages.stage_key("decoder", kind="enf")
     assert four == {**one, "devices": 4} and cache.param_hash(four) != cache.param_hash(one)
     for stage in ("latents", "classifier", "data_efficiency", "rotation"):

@@ -90,7 +90,7 @@ def stage_key(stage: str, **params: Any) -> dict[str, Any]:
     if stage not in STAGE_VERSIONS:
         raise ValueError(f"stage_key: unknown stage {stage!r}; known {sorted(STAGE_VERSIONS)}")
     key = {**params, "stage": stage, "code_version": STAGE_VERSIONS[stage]}
-    devices = jax.device_count()
+    devices = parallel.num_devices(parallel.data_mesh())  # the mesh the stages train on
     if devices > 1 and stage not in LAYOUT_FREE_STAGES:
         key["devices"] = devices
     return key
