@@ -72,7 +72,7 @@ r01, r02, r03, r05 = (
     collected[k] for k in ("01_lensing_data", "02_enf_theory", "03_meta_learning", "05_classifiers")
 )
 models = {m: r05["models"][m] for m in registry.MODEL_NAMES if m in r05["models"]}  # table order
-print(f"profile {PROFILE}: devices {collected['jax_devices']}")
+print(f"profile {PROFILE}: devices {collected['jax_devices']}, host CPU {collected['host_cpu']}")
 print("notebook wall times (s):", collected["notebook_seconds"])
 
 # %% [markdown]
@@ -192,8 +192,8 @@ collected["data_efficiency"] = de.points
 collected["published_anchors"] = report.PUBLISHED_ANCHORS
 collected["notebook_seconds"]["06_results"] = round(time.perf_counter() - T_START, 2)
 collected["total_seconds"] = round(sum(collected["notebook_seconds"].values()), 2)
-keys = ("profile", "package_versions", "jax_devices", "notebook_seconds", "total_seconds",
-        "data_efficiency")  # fmt: skip
+keys = ("profile", "package_versions", "jax_devices", "host_cpu", "notebook_seconds",
+        "total_seconds", "data_efficiency")  # fmt: skip
 print(save_results("06_results", PROFILE, {k: collected[k] for k in keys}))
 print(save_results("metrics", PROFILE, collected))
 print(json.dumps(collected["notebook_seconds"], indent=1))

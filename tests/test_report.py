@@ -46,3 +46,16 @@ def test_pipeline_costs_charge_latent_routes_for_their_field_and_cnns_only_for_t
     assert table.count("\n") == 1 + len(models) and "| cnf_mlp | 0.5000 | 10 | 50 | - |" in table
     with pytest.raises(KeyError, match="enf_mlp.*enf"):
         report.pipeline_costs({"train_seconds": {}, "encode_seconds": {}}, {"enf_mlp": _record(1)})
+
+
+def test_host_cpu_reads_the_model_and_vector_isa(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    )
+    assert report.host_cpu(info) == {"model": "AMD EPYC 7B13", "isa": ["avx2"]}
+    info.write_text("model name\t: Intel Xeon\nflags\t\t: avx avx2 avx512f avx512bw\n")
+    assert report.host_cpu(info) == {"model": "Intel Xeon", "isa": ["avx2", "avx512f"]}
+    missing = report.host_cpu(tmp_path / "absent")  # no /proc (macOS): no ISA, a model still
+    assert missing["isa"] == [] and isinstance(missing["model"], str)

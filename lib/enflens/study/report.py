@@ -76,6 +76,31 @@ def package_versions(packages: tuple[str, ...] = STUDY_PACKAGES) -> dict[str, st
     return out
 
 
+def host_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The host CPU the numbers were computed on: ``model`` (the ``model name`` line of
+    ``cpuinfo``, else :func:`platform.processor` or :func:`platform.machine`) and ``isa`` (which
+    of AVX2 / AVX-512F its flags list; empty where ``cpuinfo`` cannot be read).
+
+    XLA compiles CPU programs for the host's instruction set, so two CPU models can round
+    float32 sums differently. Bitwise equal stages need the same CPU model as well as the same
+    code, seed and profile (``bench/RESULTS.md``: notebooks 01-03 on an AVX2-only AMD EPYC against
+    the committed run)."""
+    model, isa = platform.processor() or platform.machine(), []
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return {"model": model, "isa": isa}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            isa = [name for name in ("avx2", "avx512f") if name in flags]
+            break
+    return {"model": model, "isa": isa}
+
+
 def jax_devices() -> list[str]:
     import jax
 
@@ -85,7 +110,8 @@ def jax_devices() -> list[str]:
 def collect(profile: str, results_dir: Path | None = None) -> dict[str, Any]:
     """Read ``results/<profile>/NN_*.json`` of notebooks 01-05 and the pipeline timings.
 
-    Returns a dict with ``profile``, ``package_versions``, ``jax_devices``, ``notebook_seconds``
+    Returns a dict with ``profile``, ``package_versions``, ``jax_devices``, ``host_cpu``,
+    ``notebook_seconds``
     (from ``runs/<profile>/timings.json``) and one entry per notebook found. Raises
     ``FileNotFoundError`` naming the first missing result file.
     """
@@ -94,6 +120,7 @@ def collect(profile: str, results_dir: Path | None = None) -> dict[str, Any]:
         "profile": profile,
         "package_versions": package_versions(),
         "jax_devices": jax_devices(),
+        "host_cpu": host_cpu(),
     }
     for name in PROMISED_KEYS:
         if name == "06_results":

@@ -12,7 +12,11 @@ here reads the clock to decide how much to compute. A stage's cache key (:func:`
 everything that determines its output: its parameters (step counts included), the keys of the
 stages it reads, and the stage's code version :data:`STAGE_VERSIONS`, which is bumped whenever a
 change of the code changes the stage's output. The same code, seed and profile therefore give the
-same files and numbers on any machine; only the recorded timings differ.
+same files and numbers on any machine with the same CPU model; only the recorded timings differ.
+XLA compiles for the host's instruction set, so another CPU model rounds some float32 sums
+differently: the dataset stays bitwise equal, the equivariance errors agree to rounding, and
+Meta-SGD amplifies the rounding into another decoder (``bench/RESULTS.md``). Each trained
+decoder records its ``host_cpu`` (:func:`enflens.study.report.host_cpu`).
 
 **Scaling out.** The hot loops run on every device (:mod:`enflens.parallel`). In a multi-process
 run every process runs every stage; process 0 alone decides whether a cache entry exists (so all
@@ -285,6 +289,7 @@ def decoder(
             "history": result.history,
             "train_seconds": seconds,
             "outer_steps": cfg.num_steps,
+            "host_cpu": report.host_cpu(),  # bitwise reproduction needs the same CPU model
         }
         if parallel.is_main_process():  # every process trained; process 0 writes
             adapters.save_trained(path, adapter, result.state.params, ds.image_shape, extra)
