@@ -10,7 +10,9 @@ validation accuracy and the validation curve. Use it to choose ``MODEL_CONFIGS``
 of notebook 05 before a committed run; run notebooks 01-03 of the profile first.
 
     .venv/bin/python bench/latent_classifiers.py [--profile cpu] \\
-        [--variants default,slots,tiny_slots] [--steps 1500] [--lr 1e-3]
+        [--variants default,slots,tiny_slots:3000] [--steps 1500] [--lr 1e-3] [--rotated-val 5]
+
+``--variants mlp`` runs the (not invariant) ``enf_mlp`` reference the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import argparse
 import json
 import time
 
+from enflens import data
 from enflens.classify import registry, train
 from enflens.config import from_dict
+from enflens.evaluate import rotation
 from enflens.study import stages
 from enflens.study.classifiers import read_meta_learning
 from enflens.study.pipeline import notebook_parameters, parameter_defaults
@@ -45,6 +49,10 @@ VARIANTS = {
     "transformer": ("enf_transformer", {}),
     "transformer_slots": ("enf_transformer", {"slot_embedding": True, "pool": "slots"}),
 }
+#: Not invariant, run by the same trainer on the same stores: the reference that the invariant
+#: variants are measured against (its ms per step sets equal-wall-time step counts on the
+#: machine at hand; notebook 05 trains it for 73,000 steps at lr 1e-3)
+REFERENCES = {"mlp": ("enf_mlp", {})}
 
 
 def main() -> None:
@@ -55,11 +63,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rotated-val", type=int, default=0, metavar="A",
+                   help="also score every variant on the validation images rotated by 0 and "
+                        "A - 1 random continuous angles and re-encoded with the ENF decoder, "
+                        "the refit notebook 05 runs on the test split (0: off)")  # fmt: skip
     args = p.parse_args()
-    names = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(names) - set(VARIANTS))
+    if args.rotated_val < 0:
+        p.error(f"--rotated-val: must be >= 0, got {args.rotated_val}")
+    steps = {}  # a variant written NAME:STEPS runs STEPS steps instead of --steps
+    for item in (v for v in args.variants.split(",") if v):
+        label, _, n = item.partition(":")
+        if n and not (n.isdigit() and int(n) > 0):
+            p.error(f"--variants: {item!r}: the steps after ':' must be a positive integer")
+        steps[label] = int(n) if n else args.steps
+    names = list(steps)
+    known = {**VARIANTS, **REFERENCES}
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+        p.error(f"--variants: unknown {unknown}; choose from {sorted(known)}")
     nb = "05_classifiers"  # the dataset settings notebook 05 runs with under this profile
     params = {**parameter_defaults(repo_path("notebooks", f"{nb}.py")),
               **notebook_parameters(args.profile, nb)}  # fmt: skip
@@ -70,23 +91,44 @@ def main() -> None:
     if not results03.is_file():
         p.error(f"{results03} does not exist: run notebooks 01-03 of profile {args.profile!r}")
     inputs = stages.classifier_inputs(dataset_file, read_meta_learning(results03), ("enf",))
+    rotated = None
+    if args.rotated_val:  # one refit of the rotated validation images, shared by the variants
+        angles = rotation.rotation_angles(args.rotated_val, seed=0)
+        t0 = time.perf_counter()
+        refits, psnr = rotation.refit_rotated(
+            inputs.decoders["enf"], data.load(dataset_file, "val").images, angles,
+            **inputs.encodings.get("enf", {}),
+        )  # fmt: skip
+        rotated = {"angles_deg": [round(float(a), 1) for a in angles], "refits": refits,
+                   "refit_psnr_db": [round(float(v), 2) for v in psnr.mean(1)],
+                   "refit_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     for label in names:
-        name, cfg = VARIANTS[label]
+        name, cfg = known[label]
         x_tr, y_tr = inputs.split(name, "train")
         model = registry.build_model(name, x_tr, cfg, 0)
         augment = registry.make_augmentation("enf", registry.augment_settings("enf", None), x_tr)
         tcfg = from_dict(train.TrainConfig, {
-            "steps": args.steps, "eval_every": max(args.steps // 10, 1), "batch_size": args.batch,
+            "steps": steps[label], "eval_every": max(steps[label] // 10, 1),
+            "batch_size": args.batch,
             "learning_rate": args.lr, "seed": 0, "progress": False,
         }, "train config")  # fmt: skip
         t0 = time.perf_counter()
         hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), tcfg, augment=augment)
         sec = time.perf_counter() - t0
+        extra = {}
+        if rotated is not None:
+            acc = rotation.refit_curve(model, rotated["refits"], inputs.split(name, "val")[1])
+            extra["rotated_val"] = {
+                **{k: v for k, v in rotated.items() if k != "refits"},
+                "accuracy": [round(a, 4) for a in acc],
+                "mean_rotated": round(rotation.mean_rotated(rotated["angles_deg"], acc), 4),
+            }
         print(json.dumps({
-            "variant": label, "model": name, "config": cfg, "steps": args.steps, "lr": args.lr,
-            "seconds": round(sec, 1), "ms_per_step": round(1000 * sec / args.steps, 1),
+            "variant": label, "model": name, "config": cfg, "steps": steps[label],
+            "lr": args.lr, "seconds": round(sec, 1),
+            "ms_per_step": round(1000 * sec / steps[label], 1),
             "best_val_acc": round(hist["best_val_acc"], 4),
-            "val_acc": [round(v, 3) for v in hist["val_acc"]],
+            "val_acc": [round(v, 3) for v in hist["val_acc"]], **extra,
         }), flush=True)  # fmt: skip
 
 

@@ -258,3 +258,24 @@ def test_convnext_message_equals_the_explicit_kernel_sum(basis_dim):
     w = other.kernel.kernel[...]
     other.kernel.kernel[...] = w + 0.5 * jax.random.normal(jax.random.key(4), w.shape)
     assert float(jnp.max(jnp.abs(other(h, basis) - reference(blk)))) > 1e-3
+
+
+def test_blockless_ponita_has_no_pair_basis():
+    """layers=0 (the per-latent invariants read in slot order): the pair basis is neither built
+    nor evaluated, so its parameters are gone, and the model stays invariant to rotations about
+    the centre while it still reads the slot order (a permutation changes its output)."""
+    cfg = {"hidden": 16, "basis_dim": 8, "layers": 0, "slot_embedding": True, "pool": "slots"}
+    m = C.make_classifier("enf_ponita", context_dim=D, num_latents=N, rngs=_rngs(), **cfg)
+    with_blocks = C.make_classifier("enf_ponita", context_dim=D, num_latents=N, rngs=_rngs(),
+                                    **{**cfg, "layers": 1})  # fmt: skip
+    assert m.basis is None and with_blocks.basis is not None
+    basis_params = count_params(nnx.state(with_blocks.basis, nnx.Param))
+    block_params = count_params(nnx.state(with_blocks.blocks, nnx.Param))
+    assert count_params(nnx.state(m, nnx.Param)) == (
+        count_params(nnx.state(with_blocks, nnx.Param)) - basis_params - block_params
+    )
+    z = _latents(np.random.default_rng(9), b=4)
+    assert invariance_error(m, z, jax.random.key(4), n=2, max_translation=0.0) < 1e-5
+    perm = np.random.default_rng(1).permutation(N)
+    zp = jax.tree.map(lambda a: a[:, perm], z)
+    assert np.abs(predict(m, zp) - predict(m, z)).max() > 1e-4

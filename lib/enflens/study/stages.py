@@ -64,8 +64,9 @@ STAGE_VERSIONS: dict[str, int] = {
     "dataset": 1,
     "decoder": 2,  # 2: step budgets instead of wall-time budgets
     "latents": 2,
-    "classifier": 4,  # 3: standardised contexts, radial node features, attention pooling;
-    # 4: PONITA messages summed basis-first when the basis is smaller than the cloud (rounding)
+    "classifier": 5,  # 3: standardised contexts, radial node features, attention pooling;
+    # 4: PONITA messages summed basis-first when the basis is smaller than the cloud (rounding);
+    # 5: models without blocks build no pair basis (other initial parameters for layers=0)
     "data_efficiency": 3,
     "rotation": 4,  # 3: invariance to rotations about the centre; 4: Fourier image rotation
 }
