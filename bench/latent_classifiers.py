@@ -72,10 +72,12 @@ def main() -> None:
         p.error(f"--rotated-val: must be >= 0, got {args.rotated_val}")
     steps = {}  # a variant written NAME:STEPS runs STEPS steps instead of --steps
     for item in (v for v in args.variants.split(",") if v):
-        label, _, n = item.partition(":")
-        if n and not (n.isdigit() and int(n) > 0):
+        label, colon, n = item.partition(":")
+        if colon and not (n.isascii() and n.isdigit() and int(n) > 0):
             p.error(f"--variants: {item!r}: the steps after ':' must be a positive integer")
-        steps[label] = int(n) if n else args.steps
+        if label in steps:
+            p.error(f"--variants: {label!r} is given twice")
+        steps[label] = int(n) if colon else args.steps
     names = list(steps)
     known = {**VARIANTS, **REFERENCES}
     unknown = sorted(set(names) - set(known))

@@ -45,7 +45,7 @@ DE_FRACTIONS = [0.01, 0.1, 1.0]  # fractions of the training split (1.0 reuses n
 # equal wall time: ~25-30 s per run for every model (measured on 2 cores, one validation and
 # the compilation included: 320 x ~0.09 s for enf_transformer, 20 x ~1.4 s, 30 x ~0.9 s,
 # 15,000 x ~1.8 ms; ~6 min for the 12 runs); enf_ponita's slot-reading config (notebook 05)
-# takes 4.7x enf_mlp's time per step (bench/latent_classifiers.py), so 3,000 steps;
+# takes 4.5-4.7x enf_mlp's time per step (bench/latent_classifiers.py), so 3,000 steps;
 # plus one compilation per model, one validation per run and the test evaluations (the CNNs'
 # ~10-15 ms per image dominate).
 DE_STEPS = {
