@@ -93,7 +93,7 @@ def main() -> None:
     if not results03.is_file():
         p.error(f"{results03} does not exist: run notebooks 01-03 of profile {args.profile!r}")
     inputs = stages.classifier_inputs(dataset_file, read_meta_learning(results03), ("enf",))
-    rotated = None
+    refits, refit_info = None, {}
     if args.rotated_val:  # one refit of the rotated validation images, shared by the variants
         angles = rotation.rotation_angles(args.rotated_val, seed=0)
         t0 = time.perf_counter()
@@ -101,9 +101,9 @@ def main() -> None:
             inputs.decoders["enf"], data.load(dataset_file, "val").images, angles,
             **inputs.encodings.get("enf", {}),
         )  # fmt: skip
-        rotated = {"angles_deg": [round(float(a), 1) for a in angles], "refits": refits,
-                   "refit_psnr_db": [round(float(v), 2) for v in psnr.mean(1)],
-                   "refit_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        refit_info = {"angles_deg": [round(float(a), 1) for a in angles],
+                      "refit_psnr_db": [round(float(v), 2) for v in psnr.mean(1)],
+                      "refit_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     for label in names:
         name, cfg = known[label]
         x_tr, y_tr = inputs.split(name, "train")
@@ -118,13 +118,12 @@ def main() -> None:
         hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), tcfg, augment=augment)
         sec = time.perf_counter() - t0
         extra = {}
-        if rotated is not None:
-            acc = rotation.refit_curve(model, rotated["refits"], inputs.split(name, "val")[1])
+        if refits is not None:
+            acc = rotation.refit_curve(model, refits, inputs.split(name, "val")[1])
             extra["rotated_val"] = {
-                **{k: v for k, v in rotated.items() if k != "refits"},
-                "accuracy": [round(a, 4) for a in acc],
-                "mean_rotated": round(rotation.mean_rotated(rotated["angles_deg"], acc), 4),
-            }
+                **refit_info, "accuracy": [round(a, 4) for a in acc],
+                "mean_rotated": round(rotation.mean_rotated(refit_info["angles_deg"], acc), 4),
+            }  # fmt: skip
         print(json.dumps({
             "variant": label, "model": name, "config": cfg, "steps": steps[label],
             "lr": args.lr, "seconds": round(sec, 1),
