@@ -57,5 +57,7 @@ def test_host_cpu_reads_the_model_and_vector_isa(tmp_path):
     assert report.host_cpu(info) == {"model": "AMD EPYC 7B13", "isa": ["avx2"]}
     info.write_text("model name\t: Intel Xeon\nflags\t\t: avx avx2 avx512f avx512bw\n")
     assert report.host_cpu(info) == {"model": "Intel Xeon", "isa": ["avx2", "avx512f"]}
+    info.write_text("cpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
+    assert report.host_cpu(info) == {"model": "AMD EPYC (family 26, model 2)", "isa": ["avx2"]}
     missing = report.host_cpu(tmp_path / "absent")  # no /proc (macOS): no ISA, a model still
     assert missing["isa"] == [] and isinstance(missing["model"], str)

@@ -78,8 +78,10 @@ def package_versions(packages: tuple[str, ...] = STUDY_PACKAGES) -> dict[str, st
 
 def host_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """The host CPU the numbers were computed on: ``model`` (the ``model name`` line of
-    ``cpuinfo``, else :func:`platform.processor` or :func:`platform.machine`) and ``isa`` (which
-    of AVX2 / AVX-512F its flags list; empty where ``cpuinfo`` cannot be read).
+    ``cpuinfo``, followed by its ``cpu family`` and ``model`` numbers where it lists them, else
+    :func:`platform.processor` or :func:`platform.machine`) and ``isa`` (which of AVX2 / AVX-512F
+    its flags list; empty where ``cpuinfo`` cannot be read). The numbers matter: some virtual
+    machines name every AMD EPYC generation just "AMD EPYC".
 
     XLA compiles CPU programs for the host's instruction set, so two CPU models can round
     float32 sums differently. Bitwise equal stages need the same CPU model as well as the same
@@ -90,14 +92,19 @@ def host_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
         lines = Path(cpuinfo).read_text().splitlines()
     except OSError:
         return {"model": model, "isa": isa}
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
+    numbers = {}
+    for line in lines:  # the first processor's block: its flags line ends it
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name":
+            model = value
+        elif key in ("cpu family", "model"):
+            numbers[key] = value
+        elif key == "flags":
             flags = set(value.split())
             isa = [name for name in ("avx2", "avx512f") if name in flags]
             break
+    if len(numbers) == 2:
+        model += f" (family {numbers['cpu family']}, model {numbers['model']})"
     return {"model": model, "isa": isa}
 
 
