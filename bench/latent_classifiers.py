@@ -10,7 +10,12 @@ validation accuracy and the validation curve. Use it to choose ``MODEL_CONFIGS``
 of notebook 05 before a committed run; run notebooks 01-03 of the profile first.
 
     .venv/bin/python bench/latent_classifiers.py [--profile cpu] \\
-        [--variants default,slots,tiny_slots:3000] [--steps 1500] [--lr 1e-3] [--rotated-val 5]
+        [--variants default,slots,tiny_slots:3000] [--steps 1500] [--lr 1e-3] [--rotated-val 5] \\
+        [--seeds 0,1,2]
+
+``--seeds`` trains every variant once per seed (the classifier's initialisation, data order and
+augmentation; the latents stay the stores'), one line each, to tell a difference between
+variants from seed noise.
 
 ``--variants mlp`` runs the (not invariant) ``enf_mlp`` reference the same way.
 """
@@ -55,6 +60,18 @@ VARIANTS = {
 REFERENCES = {"mlp": ("enf_mlp", {})}
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ValueError (naming the text) for anything but distinct
+    non-negative integers."""
+    items = [v for v in text.split(",") if v]
+    if not items or not all(v.isascii() and v.isdigit() for v in items):
+        raise ValueError(f"{text!r} must be comma-separated non-negative integers")
+    seeds = [int(v) for v in items]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{text!r} repeats a seed")
+    return seeds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="cpu")
@@ -67,7 +84,13 @@ def main() -> None:
                    help="also score every variant on the validation images rotated by 0 and "
                         "A - 1 random continuous angles and re-encoded with the ENF decoder, "
                         "the refit notebook 05 runs on the test split (0: off)")  # fmt: skip
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated classifier seeds; each variant trains once per seed")
     args = p.parse_args()
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        p.error(f"--seeds: {e}")
     if args.rotated_val < 0:
         p.error(f"--rotated-val: must be >= 0, got {args.rotated_val}")
     steps = {}  # a variant written NAME:STEPS runs STEPS steps instead of --steps
@@ -87,8 +110,8 @@ def main() -> None:
     params = {**parameter_defaults(repo_path("notebooks", f"{nb}.py")),
               **notebook_parameters(args.profile, nb)}  # fmt: skip
     keys = ("RECIPE", "N_TRAIN", "N_VAL", "N_TEST", "DATA_SEED")
-    recipe, n_train, n_val, n_test, seed = (params[k] for k in keys)
-    dataset_file, _ = stages.dataset_path(recipe, n_train, n_val, n_test, seed)
+    recipe, n_train, n_val, n_test, data_seed = (params[k] for k in keys)
+    dataset_file, _ = stages.dataset_path(recipe, n_train, n_val, n_test, data_seed)
     results03 = repo_path("results", args.profile, "03_meta_learning.json")
     if not results03.is_file():
         p.error(f"{results03} does not exist: run notebooks 01-03 of profile {args.profile!r}")
@@ -104,15 +127,15 @@ def main() -> None:
         refit_info = {"angles_deg": [round(float(a), 1) for a in angles],
                       "refit_psnr_db": [round(float(v), 2) for v in psnr.mean(1)],
                       "refit_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    for label in names:
+    for label, seed in ((lb, sd) for lb in names for sd in seeds):
         name, cfg = known[label]
         x_tr, y_tr = inputs.split(name, "train")
-        model = registry.build_model(name, x_tr, cfg, 0)
+        model = registry.build_model(name, x_tr, cfg, seed)
         augment = registry.make_augmentation("enf", registry.augment_settings("enf", None), x_tr)
         tcfg = from_dict(train.TrainConfig, {
             "steps": steps[label], "eval_every": max(steps[label] // 10, 1),
             "batch_size": args.batch,
-            "learning_rate": args.lr, "seed": 0, "progress": False,
+            "learning_rate": args.lr, "seed": seed, "progress": False,
         }, "train config")  # fmt: skip
         t0 = time.perf_counter()
         hist = train.fit(model, (x_tr, y_tr), inputs.split(name, "val"), tcfg, augment=augment)
@@ -125,7 +148,7 @@ def main() -> None:
                 "mean_rotated": round(rotation.mean_rotated(refit_info["angles_deg"], acc), 4),
             }  # fmt: skip
         print(json.dumps({
-            "variant": label, "model": name, "config": cfg, "steps": steps[label],
+            "variant": label, "model": name, "config": cfg, "seed": seed, "steps": steps[label],
             "lr": args.lr, "seconds": round(sec, 1),
             "ms_per_step": round(1000 * sec / steps[label], 1),
             "best_val_acc": round(hist["best_val_acc"], 4),

@@ -2,6 +2,8 @@
 radial node features), with the MLP as negative control; context standardisation; use of
 orientations, permutation invariance, factory errors, parameter counts, tiny-batch overfit."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,9 +216,7 @@ def test_overfits_tiny_batch(name):
     assert (predict(m, x).argmax(-1) == y).all()
 
 
-def test_bench_variants_are_valid_invariant_models():
-    """bench/latent_classifiers.py's variants build, and each stays invariant to random
-    continuous rotations about the centre (the slot variants included)."""
+def _latent_bench():
     import importlib.util
 
     from enflens.io import repo_path
@@ -226,6 +226,22 @@ def test_bench_variants_are_valid_invariant_models():
     )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_seeds_parse_and_bad_lists_are_named():
+    bench = _latent_bench()
+    assert bench.parse_seeds("0,1,2") == [0, 1, 2]
+    assert bench.parse_seeds("3") == [3]
+    for bad in ("", "1,-2", "1,x", "1,1", "²"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            bench.parse_seeds(bad)
+
+
+def test_bench_variants_are_valid_invariant_models():
+    """bench/latent_classifiers.py's variants build, and each stays invariant to random
+    continuous rotations about the centre (the slot variants included)."""
+    bench = _latent_bench()
     z = _latents(np.random.default_rng(8), b=4)
     for label, (name, cfg) in bench.VARIANTS.items():
         small = {**cfg, "hidden": 16, "basis_dim": 8, "layers": min(cfg.get("layers", 1), 1),
