@@ -23,6 +23,7 @@ variants from seed noise.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -127,7 +128,7 @@ def main() -> None:
         refit_info = {"angles_deg": [round(float(a), 1) for a in angles],
                       "refit_psnr_db": [round(float(v), 2) for v in psnr.mean(1)],
                       "refit_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    for label, seed in ((lb, sd) for lb in names for sd in seeds):
+    for label, seed in itertools.product(names, seeds):
         name, cfg = known[label]
         x_tr, y_tr = inputs.split(name, "train")
         model = registry.build_model(name, x_tr, cfg, seed)
