@@ -21,14 +21,14 @@ import optax
 
 from enflens.data.renders import noise_free_images
 from enflens.fields.adapters import load_trained
-from enflens.grid import make_grid
+from enflens.grid import make_grid, psnr
 from enflens.metalearn.encode import fit_path
 
 CHECKPOINTS = (30, 100, 300)
 
 
 def mean_psnr(rec: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean(-10 * np.log10(np.mean((rec - ref) ** 2, axis=(1, 2)))))
+    return float(np.mean(psnr(rec, ref)))
 
 
 def main() -> None:
