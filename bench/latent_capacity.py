@@ -1,28 +1,31 @@
 """What the trained decoders can represent, apart from the 3-step Meta-SGD fit (issue 13).
 
-Fits the first N validation images with the study's inner loop (3 steps, 1,024 stratified
-pixels, as the encoding), then keeps optimising the same latents with Adam on all pixels, and
-prints the PSNR against the noise-free renders after 0 (the Meta-SGD latents), 30, 100 and 300
-Adam steps. A decoder whose PSNR rises far above its 3-step value is limited by the fit, not by
-what its latents can express.
+Fits the first N validation images with the decoders and the encoding settings that notebook
+03 recorded in ``results/<profile>/03_meta_learning.json`` (3 inner steps on 1,024 stratified
+pixels in the cpu profile), then keeps optimising the same latents with Adam on all pixels,
+and prints the PSNR against the noise-free renders after 0 (the Meta-SGD latents), 30, 100
+and 300 Adam steps. A decoder whose PSNR rises far above its 3-step value is limited by the
+fit, not by what its latents can express.
 
-    PYTHONPATH=lib .venv/bin/python bench/latent_capacity.py ENF_CKPT CNF_CKPT [--images 32]
+    PYTHONPATH=lib .venv/bin/python bench/latent_capacity.py [--profile cpu] [--images 32]
 """
 
 import argparse
 import json
 import time
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from enflens import data
 from enflens.data.renders import noise_free_images
 from enflens.fields.adapters import load_trained
 from enflens.grid import make_grid, psnr
 from enflens.metalearn.encode import fit_path
+from enflens.study.classifiers import read_meta_learning
+from enflens.study.results import repo_path
 
 CHECKPOINTS = (30, 100, 300)
 
@@ -33,21 +36,24 @@ def mean_psnr(rec: np.ndarray, ref: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+", help="trained decoder directories")
-    ap.add_argument("--dataset", default="data/model_ii-67f26efe76.h5")
+    ap.add_argument("--profile", default="cpu")
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     args = ap.parse_args()
+    results03 = repo_path("results", args.profile, "03_meta_learning.json")
+    outputs = read_meta_learning(results03)  # one named error if notebook 03 has not run
+    recorded = json.loads(results03.read_text())
+    fit = {k: recorded["fit_settings"][k] for k in ("steps", "pixels", "sampling")}
+    dataset_file = repo_path("data", recorded["dataset"])
     n = args.images
-    with h5py.File(args.dataset) as f:
-        imgs = np.asarray(f["val"]["images"][:n], np.float32)
-    clean = noise_free_images(args.dataset, "val", np.arange(n)).astype(np.float32)
+    imgs = data.load(dataset_file, "val").images[:n].astype(np.float32)
+    clean = noise_free_images(dataset_file, "val", np.arange(n)).astype(np.float32)
     h, w = imgs.shape[1:3]
     coords = jnp.broadcast_to(make_grid(h, w), (n, h * w, 2))
     target = jnp.asarray(imgs.reshape(n, h * w, 1))
-    for path in args.checkpoints:
-        ad, params, meta = load_trained(path)
-        lats, recs = fit_path(ad, params, imgs, steps=3, pixels=1024, sampling="stratified")
+    for kind in ("enf", "cnf"):
+        ad, params, meta = load_trained(outputs.decoders[kind])
+        lats, recs = fit_path(ad, params, imgs, **fit)
         z = jax.tree.map(lambda a: jnp.asarray(a[-1]), lats)
         opt = optax.adam(args.lr)
 
