@@ -202,6 +202,31 @@ def test_enf_inner_loop_moves_fitted_fields_only():
     assert adapters.latent_floats(adapter) == 9 * (2 + 1 + 8)
 
 
+def test_per_step_rates_select_one_rate_set_per_inner_step():
+    cfg = CNFConfig(latent_dim=16, hidden=32, num_layers=2, w0=10.0)
+    one = tiny_cnf()
+    per = adapters.cnf_adapter(cfg, seed=0, lr_init=1.0, rate_steps=2)
+    assert adapters.make_adapter("cnf", per.model_config).rate_steps == 2
+    assert "rate_steps" not in one.model_config  # default: the configs of old checkpoints
+    p1, p2 = one.init_params(), per.init_params()
+    assert p2["log_lrs"].shape == (2, 16)
+    coords = make_grid(SIZE)
+    px = image_to_pixels(rings(3)[..., None])
+    z0 = one.expand(p1["init"], 3)
+    key = jax.random.PRNGKey(0)
+    fit = functools.partial(inner.inner_loop, coords=coords, targets=px, key=key, steps=3,
+                            pixels=None)  # fmt: skip
+    # equal rate sets: the same fit as one shared set
+    np.testing.assert_allclose(fit(per, p2, z0), fit(one, p1, z0), rtol=1e-6, atol=1e-7)
+    # set 0 drives step 0 only, the last set drives steps 1.. (here 1 and 2)
+    p2 = {**p2, "log_lrs": p2["log_lrs"].at[0].set(jnp.log(0.0))}
+    _, path = fit(per, p2, z0, return_path=True)
+    np.testing.assert_array_equal(path[1], z0)
+    assert not np.allclose(path[2], path[1]) and not np.allclose(path[3], path[2])
+    with pytest.raises(ValueError, match="rate_steps"):
+        adapters.cnf_adapter(cfg, rate_steps=0)
+
+
 def test_fit_is_independent_per_image_and_encode_pads():
     adapter = tiny_cnf()
     params = adapter.init_params()

@@ -68,6 +68,10 @@ class FieldAdapter:
             (a rotation-invariant support; the square's corners are not), else all pixels.
         limit_step: optional ``limit_step(old, new) -> new`` applied after every inner step
             (e.g. a bound on how far a pose may move in one step), or None.
+        rate_steps: 1 (default): one set of inner rates for every inner step (Meta-SGD). R > 1:
+            R sets, inner step k uses set ``min(k, R - 1)`` (per-step rates as in MAML++,
+            Antoniou et al. 2019, arXiv:1810.09502); every leaf of ``log_lrs`` then has a
+            leading axis of size R.
     """
 
     kind: str
@@ -84,6 +88,11 @@ class FieldAdapter:
     lr_bounds: PyTree | None = None
     fit_radius: float | None = None
     limit_step: Callable[[PyTree, PyTree], PyTree] | None = None
+    rate_steps: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.rate_steps, int) or self.rate_steps < 1:
+            raise ValueError(f"rate_steps must be an integer >= 1, got {self.rate_steps!r}")
 
     def decode(self, params: dict, latents: PyTree, coords: Array) -> Array:
         """Pure decode: params (see :func:`init_params`), latents (B, ...), coords (B, P, 2)
@@ -103,6 +112,8 @@ class FieldAdapter:
             self.lr_init,
             self.adapt,
         )
+        if self.rate_steps > 1:  # one copy per inner step, all starting at lr_init
+            log_lrs = jax.tree.map(lambda x: jnp.stack([x] * self.rate_steps), log_lrs)
         return {
             "decoder": self.params,
             "buffers": self.buffers,
@@ -110,10 +121,13 @@ class FieldAdapter:
             "init": self.latent_init,
         }
 
-    def inner_rates(self, params: dict) -> PyTree:
-        """The inner learning rates exp(log_lrs), same structure as the latents (clipped to
-        ``lr_bounds`` when set)."""
-        return jax.tree.map(jnp.exp, self.clip_log_lrs(params)["log_lrs"])
+    def inner_rates(self, params: dict, step: int = 0) -> PyTree:
+        """The inner learning rates exp(log_lrs) of inner step ``step`` (0-based), same
+        structure as the latents (clipped to ``lr_bounds`` when set)."""
+        log_lrs = self.clip_log_lrs(params)["log_lrs"]
+        if self.rate_steps > 1:
+            log_lrs = jax.tree.map(lambda x: x[min(step, self.rate_steps - 1)], log_lrs)
+        return jax.tree.map(jnp.exp, log_lrs)
 
     def clip_log_lrs(self, params: dict) -> dict:
         """``params`` with the log inner rates clipped to ``log(lr_bounds)``."""
@@ -141,11 +155,14 @@ def _split_module(module: nnx.Module) -> tuple[Any, PyTree, PyTree]:
     return graphdef, params, buffers
 
 
-def cnf_adapter(cfg: Any, *, seed: int = 0, lr_init: float = 1.0) -> FieldAdapter:
+def cnf_adapter(
+    cfg: Any, *, seed: int = 0, lr_init: float = 1.0, rate_steps: int = 1
+) -> FieldAdapter:
     """Adapter for the CNF baseline (:class:`enflens.fields.cnf.CNFDecoder`).
 
     Latent: one vector z (B, d); learned init (d,) (starts at ``cfg.latent_init_scale`` * N(0,1));
-    learned per-dimension inner rates (d,) starting at ``lr_init``.
+    learned per-dimension inner rates (d,) starting at ``lr_init`` (``rate_steps`` sets of them:
+    see :class:`FieldAdapter`).
     """
     if not isinstance(cfg, CNFConfig):
         raise TypeError(f"cnf_adapter: expected a CNFConfig, got {type(cfg).__name__}")
@@ -159,7 +176,12 @@ def cnf_adapter(cfg: Any, *, seed: int = 0, lr_init: float = 1.0) -> FieldAdapte
 
     return FieldAdapter(
         kind="cnf",
-        model_config={**dataclasses.asdict(cfg), "seed": seed, "lr_init": lr_init},
+        model_config={
+            **dataclasses.asdict(cfg),
+            "seed": seed,
+            "lr_init": lr_init,
+            **_rate_steps_entry(rate_steps),
+        },
         graphdef=graphdef,
         params=params,
         buffers=buffers,
@@ -168,7 +190,14 @@ def cnf_adapter(cfg: Any, *, seed: int = 0, lr_init: float = 1.0) -> FieldAdapte
         adapt=True,
         expand=expand,
         out_channels=cfg.out_channels,
+        rate_steps=rate_steps,
     )
+
+
+def _rate_steps_entry(rate_steps: int) -> dict:
+    """The ``model_config`` entry of ``rate_steps``: absent at its default 1, so that configs,
+    cache keys and checkpoints from before per-step rates existed stay valid."""
+    return {} if rate_steps == 1 else {"rate_steps": rate_steps}
 
 
 def enf_adapter(
@@ -185,6 +214,7 @@ def enf_adapter(
     lr_bounds: dict | None = None,
     fit_radius: float | None = None,
     max_pose_step: tuple[float, float] | None = None,
+    rate_steps: int = 1,
 ) -> FieldAdapter:
     """Adapter for the ENF (:class:`enflens.fields.enf.ENFDecoder`).
 
@@ -212,6 +242,7 @@ def enf_adapter(
     its position moves at most ``dp`` (grid units; the displacement vector is shortened, which
     commutes with rotations) and its orientation at most ``dtheta`` radians; it keeps large
     learned pose rates from throwing latents across the image early in meta-learning.
+    ``rate_steps`` > 1 gives every inner step its own rates (see :class:`FieldAdapter`).
     """
     decoder = ENFDecoder(cfg, rngs=nnx.Rngs(seed))
     graphdef, params, buffers = _split_module(decoder)
@@ -264,6 +295,7 @@ def enf_adapter(
             "lr_bounds": {k: list(v) for k, v in bounds.items()} if bounds else None,
             "fit_radius": fit_radius,
             "max_pose_step": None if max_pose_step is None else list(max_pose_step),
+            **_rate_steps_entry(rate_steps),
         },
         graphdef=graphdef,
         params=params,
@@ -282,6 +314,7 @@ def enf_adapter(
         lr_bounds=Latents(**{f: bounds.get(f) for f in _LATENT_FIELDS}) if bounds else None,
         fit_radius=fit_radius,
         limit_step=None if max_pose_step is None else limit,
+        rate_steps=rate_steps,
     )
 
 
@@ -289,7 +322,7 @@ _LATENT_FIELDS = ("positions", "orientations", "contexts", "windows")
 
 
 _ADAPTER_KEYS = {
-    "cnf": ("seed", "lr_init"),
+    "cnf": ("seed", "lr_init", "rate_steps"),
     "enf": (
         "seed",
         "lr_positions",
@@ -302,6 +335,7 @@ _ADAPTER_KEYS = {
         "lr_bounds",
         "fit_radius",
         "max_pose_step",
+        "rate_steps",
     ),
 }
 

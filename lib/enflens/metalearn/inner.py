@@ -142,7 +142,7 @@ def inner_loop(
         latents = jax.tree.map(
             lambda z, lr, gz, on: z - lr * gz if on else z,
             latents,
-            adapter.inner_rates(params),
+            adapter.inner_rates(params, k),
             g,
             adapter.adapt,
         )
